@@ -44,3 +44,24 @@ CLASS_DESCRIPTIONS: Mapping[int, str] = MappingProxyType(
         2: "double aortic arch",
     }
 )
+
+
+def _pairs(*names: tuple[str, str]) -> frozenset[tuple[int, int]]:
+    return frozenset(tuple(sorted((LABEL_INDEX[a], LABEL_INDEX[b]))) for a, b in names)  # type: ignore[misc]
+
+
+_COMMON_CONTACTS = (("MPA", "LPA"), ("MPA", "RPA"), ("MPA", "AD"), ("AD", "DAO"), ("AO", "DAO"),
+                    ("AO", "BCA"), ("AO", "LCCA"))
+#: Label pairs that touch (26-connectivity) in a correct segmentation of each class: the class
+#: template of the label adjacency graph. RAA differs by the aberrant LSA arising from the DAO.
+EXPECTED_CONTACTS: Mapping[int, frozenset[tuple[int, int]]] = MappingProxyType(
+    {
+        0: _pairs(*_COMMON_CONTACTS, ("AO", "LSA")),
+        1: _pairs(*_COMMON_CONTACTS, ("DAO", "LSA")),
+        2: _pairs(*_COMMON_CONTACTS, ("AO", "LSA")),
+    }
+)
+#: First Betti number (independent loops) of AO ∪ DAO: one ring for a double arch.
+ARCH_LOOPS: Mapping[int, int] = MappingProxyType({0: 0, 1: 0, 2: 1})
+#: Side of the trachea on which the arch passes ("both" for a double arch).
+ARCH_SIDE: Mapping[int, str] = MappingProxyType({0: "left", 1: "right", 2: "both"})
