@@ -7,8 +7,8 @@ Array convention for every volume in the package: channel-free arrays are indexe
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Mapping
 
 #: Default vessel labels in the reference implementation's order (0 is background).
 LABELS: Mapping[int, str] = MappingProxyType(

@@ -42,6 +42,8 @@ class PropagationConfig:
     lr: float = 1e-3
     iterations: int = 1000
     batch_size: int = 1
+    ncc_window: int = 9  # local NCC window (voxels of the registration grid)
+    label_interp: str = "onehot"  # label warping: "onehot" (warp indicators + argmax) or "nearest"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import json
 import os
 import platform
 import subprocess
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -83,7 +83,7 @@ class Manifest:
         self.data["outputs"][name] = {
             "notebook": notebook, "profile": profile, "seed": seed, "commit": commit,
             "sha256": file_sha256, "synthetic": synthetic, "caption": caption, "notes": notes,
-            "written": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "written": datetime.now(UTC).isoformat(timespec="seconds"),
         }
 
     def record_notebook(self, notebook: str, record: dict[str, Any]) -> None:

@@ -1,0 +1,45 @@
+# fetalcmr — the verbs of the compendium. `make help` lists them.
+PROFILE ?= default
+DATASET ?=
+SEED ?= 0
+FORCE ?=
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: help reproduce test lint lab bench verify clean distclean env
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
+
+env: $(STAMP)  ## create .venv with the pinned environment (pip), if missing or outdated
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet pip==26.3
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	@touch $(STAMP)
+
+reproduce: $(STAMP)  ## run every notebook (PROFILE=smoke|default|paper DATASET=path/dataset.json FORCE=1)
+	$(PY) -m fetalcmr.runner --profile $(PROFILE) --seed $(SEED) $(if $(DATASET),--dataset $(DATASET)) $(if $(FORCE),--force)
+
+test: $(STAMP)  ## lint, then the test suite (includes every notebook at the smoke profile)
+	$(VENV)/bin/ruff check fetalcmr tests
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)  ## ruff only
+	$(VENV)/bin/ruff check fetalcmr tests
+
+lab: $(STAMP)  ## JupyterLab on the same environment (itkwidgets for 3D views)
+	$(VENV)/bin/jupyter lab notebooks/
+
+bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figures
+	$(PY) -m fetalcmr.bench
+
+clean:  ## remove generated data, executed notebooks and caches (keeps .venv and figures/)
+	rm -rf data/runs .pytest_cache .ruff_cache .hypothesis
+	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
+
+distclean: clean  ## also remove the virtual environment
+	rm -rf $(VENV)
