@@ -1,0 +1,51 @@
+"""Every notebook executes end to end at the smoke profile (what `make reproduce PROFILE=smoke`
+runs), and writes the figures and tables it promises, each recorded in MANIFEST.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fetalcmr.runner import StageResult, list_notebooks, run_pipeline
+
+NOTEBOOKS = list_notebooks()
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[StageResult], Path]:
+    root = tmp_path_factory.mktemp("smoke")
+    results = run_pipeline("smoke", run_dir=str(root / "run"), figures_dir=str(root / "figures"))
+    return results, root
+
+
+@pytest.mark.slow
+def test_there_are_notebooks() -> None:
+    assert NOTEBOOKS, "no notebooks found"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("notebook", [p.stem for p in NOTEBOOKS])
+def test_notebook_runs_and_records_its_outputs(smoke_run, notebook: str) -> None:
+    results, root = smoke_run
+    result = next(r for r in results if r.notebook == notebook)
+    assert result.status == "ran"
+    manifest = json.loads((root / "figures" / "MANIFEST.json").read_text())
+    outputs = manifest["notebooks"][notebook]["outputs"]
+    number = notebook[:2]
+    assert outputs, f"{notebook} wrote no figure or table"
+    for name in outputs:
+        assert name.startswith((f"fig{number}_", f"tab{number}_")), f"{name}: not named after {notebook}"
+        assert (root / "figures" / name).stat().st_size > 0
+        assert manifest["outputs"][name]["profile"] == "smoke"
+    executed = json.loads((root / "run" / "executed" / f"{notebook}.ipynb").read_text())
+    errors = [o for c in executed["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+
+
+@pytest.mark.slow
+def test_second_run_is_cached(smoke_run) -> None:
+    _, root = smoke_run
+    again = run_pipeline("smoke", run_dir=str(root / "run"), figures_dir=str(root / "figures"))
+    assert all(r.status == "cached" for r in again)
