@@ -1,0 +1,473 @@
+"""Label propagation (LP) with VoxelMorph: register each subject's class atlas to it, warp the labels.
+
+The study's weak supervision (DESIGN §5): the anomaly-specific atlas (chosen by the subject's
+known class ``label``) is registered to each subject by one amortised
+:class:`voxelmorph.nn.models.VxmPairwise` network trained across all training and validation
+subjects; the atlas's multi-class label map is then warped onto the subject and written as the
+subject's ``lp``. Test subjects are propagated with their true-class atlas too (the paper's
+"LP baseline"), flagged ``"lp_oracle_class": true``.
+
+Loss (per pair, at the registration grid)::
+
+    (1 - NCC(warped atlas image, subject image))
+    + weight_smooth * |grad v|^2                (v: stationary velocity field)
+    + weight_dice * (1 - Dice(warped atlas foreground, subject binary mask))
+
+The velocity field is integrated by scaling and squaring (``integration_steps`` > 0), so the
+transform is diffeomorphic up to discretisation. The network runs on a reduced cubic grid
+(``PropagationConfig.grid``); images are area-downsampled to it and the displacement field is
+trilinearly upsampled (and rescaled to full-grid voxels) to warp the labels at the cohort grid.
+
+Only ``image``, ``binary``, ``label`` and the atlases are read (:func:`fetalcmr.dataset.training_view`);
+``gt`` never is.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from fetalcmr.config import PropagationConfig
+from fetalcmr.dataset import SPLITS, training_view
+from fetalcmr.io import DataError, Volume, load_nifti, normalise_intensity, save_nifti
+
+#: Bump when the meaning of saved model/outputs changes (part of every cache key).
+FORMAT_VERSION = 1
+
+
+# --------------------------------------------------------------------------------------------
+# grids and checks
+
+
+def check_same_grid(ref: Volume, ref_path: str | os.PathLike[str], other: Volume,
+                    other_path: str | os.PathLike[str]) -> None:
+    """Raise :class:`DataError` naming both files when ``other`` is not on ``ref``'s voxel grid."""
+    if ref.array.shape != other.array.shape:
+        raise DataError(f"{other_path}: shape {tuple(other.array.shape)} does not match "
+                        f"{ref_path} {tuple(ref.array.shape)} (atlas and subjects must share one grid)")
+    if not np.allclose(ref.affine, other.affine, atol=1e-3):
+        raise DataError(f"{other_path}: voxel-to-world affine differs from {ref_path} "
+                        "(atlas and subjects must share one grid; resample them first)")
+
+
+def to_grid(array: np.ndarray | torch.Tensor, grid: int | Sequence[int]) -> torch.Tensor:
+    """Return a ``[1, 1, *grid]`` float tensor: ``array`` area-averaged (or copied) onto ``grid``.
+
+    Geometry follows ``align_corners=False``: the registration grid covers the same field of view
+    as the input, voxel ``j`` centred at full-grid coordinate ``(j + 0.5) * s - 0.5``.
+    """
+    t = torch.as_tensor(np.asarray(array, dtype=np.float32) if not torch.is_tensor(array) else array)
+    t = t.float().reshape(1, 1, *t.shape[-3:])
+    size = (grid,) * 3 if isinstance(grid, int) else tuple(int(g) for g in grid)
+    if tuple(t.shape[2:]) == size:
+        return t
+    if all(s <= n for s, n in zip(size, t.shape[2:])):
+        return F.adaptive_avg_pool3d(t, size)
+    return F.interpolate(t, size=size, mode="trilinear", align_corners=False)
+
+
+def upsample_field(disp: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Return a displacement field ``[B, 3, *shape]`` in full-grid voxels from one on a coarser grid.
+
+    Consistent with :func:`to_grid` (``align_corners=False``): a displacement of ``d`` coarse
+    voxels along an axis is ``d * shape / coarse`` full voxels.
+    """
+    shape = tuple(int(s) for s in shape)
+    coarse = tuple(disp.shape[2:])
+    if coarse == shape:
+        return disp
+    up = F.interpolate(disp, size=shape, mode="trilinear", align_corners=False)
+    scale = torch.tensor([s / c for s, c in zip(shape, coarse)], dtype=disp.dtype, device=disp.device)
+    return up * scale.view(1, 3, 1, 1, 1)
+
+
+def warp(moving: torch.Tensor, disp: torch.Tensor, mode: str = "linear") -> torch.Tensor:
+    """Return ``moving`` ``[B, C, *S]`` resampled at ``x + disp(x)`` (voxel units, zero outside)."""
+    from voxelmorph.nn.functional import spatial_transform
+
+    return spatial_transform(moving, disp, method=mode, isdisp=True, align_corners=True,
+                             padding_mode="zeros")
+
+
+def warp_labels(labelmap: np.ndarray, disp: torch.Tensor, n_labels: int, mode: str = "onehot") -> np.ndarray:
+    """Return ``labelmap`` (int ``[x, y, z]``) warped by ``disp`` (``[1, 3, x, y, z]``, full-grid voxels).
+
+    ``mode="onehot"`` (default): each label's indicator is warped with trilinear interpolation and
+    the arg-max taken. Unlike nearest-neighbour, this follows the sub-voxel position of every
+    boundary (no staircase jitter where the field is fractional) and can never invent a label
+    that no neighbour has; thin structures survive when their interpolated share is the largest,
+    the same criterion as a partial-volume vote. ``mode="nearest"`` picks the nearest atlas voxel.
+    Voxels mapped outside the atlas become background in both modes.
+    """
+    lab = torch.as_tensor(np.asarray(labelmap, dtype=np.int64))
+    if mode == "nearest":
+        out = warp(lab[None, None].float(), disp, mode="nearest")
+        return out[0, 0].round().to(torch.int64).numpy().astype(np.uint8)
+    if mode != "onehot":
+        raise ValueError(f"unknown label interpolation {mode!r}; use 'onehot' or 'nearest'")
+    onehot = F.one_hot(lab.clamp(0, n_labels - 1), n_labels).permute(3, 0, 1, 2)[None].float()
+    warped = warp(onehot, disp, mode="linear")
+    # outside the atlas all channels are 0: argmax picks channel 0 (background)
+    return warped[0].argmax(0).numpy().astype(np.uint8)
+
+
+def jacobian_determinant(disp: np.ndarray | torch.Tensor) -> np.ndarray:
+    """Return the Jacobian determinant of ``x -> x + disp(x)`` (``disp``: ``[3, x, y, z]`` voxels)."""
+    d = disp.detach().cpu().numpy() if torch.is_tensor(disp) else np.asarray(disp)
+    d = d.reshape(3, *d.shape[-3:]).astype(np.float64)
+    grads = np.stack([np.stack(np.gradient(d[i]), 0) for i in range(3)], 0)  # [i, j, ...] = d u_i / d x_j
+    jac = grads + np.eye(3).reshape(3, 3, 1, 1, 1)
+    return np.linalg.det(np.moveaxis(jac, (0, 1), (-2, -1)))
+
+
+def folding_stats(disp: np.ndarray | torch.Tensor) -> dict[str, float]:
+    """Return ``fold_fraction`` (share of voxels with det J <= 0), ``jac_min``, ``jac_mean``, ``jac_std``."""
+    det = jacobian_determinant(disp)
+    return {"fold_fraction": float((det <= 0).mean()), "jac_min": float(det.min()),
+            "jac_mean": float(det.mean()), "jac_std": float(det.std())}
+
+
+# --------------------------------------------------------------------------------------------
+# data
+
+
+def atlas_for_classes(data: Mapping[str, Any]) -> dict[int, dict[str, str]]:
+    """Return ``{class: {"image", "labelmap"}}`` from the dataset's ``atlases`` (one per class)."""
+    out: dict[int, dict[str, str]] = {}
+    for atlas in data.get("atlases", []) or []:
+        cls = int(atlas["label"])
+        if cls in out:
+            raise DataError(f"dataset lists two atlases for class {cls}: {out[cls]['image']} and {atlas['image']}")
+        out[cls] = {"image": str(atlas["image"]), "labelmap": str(atlas["labelmap"])}
+    if not out:
+        raise DataError("dataset has no 'atlases' entry: label propagation needs one atlas per class")
+    return out
+
+
+@dataclass
+class AtlasData:
+    """One class atlas: full-grid labels, registration-grid image and foreground."""
+
+    cls: int
+    image_path: str
+    labelmap: np.ndarray
+    affine: np.ndarray
+    image_reg: torch.Tensor  # [1, 1, g, g, g]
+    fg_reg: torch.Tensor  # [1, 1, g, g, g] fractional foreground
+
+
+@dataclass
+class SubjectData:
+    """One subject at the registration grid (binary mask only when the item has one)."""
+
+    id: str
+    split: str
+    cls: int
+    image_path: str
+    affine: np.ndarray
+    shape: tuple[int, int, int]
+    image_reg: torch.Tensor
+    binary_reg: torch.Tensor | None
+
+
+def load_atlases(data: Mapping[str, Any], grid: int) -> dict[int, AtlasData]:
+    """Return every class atlas loaded, checked (image and labelmap on one grid) and downsampled."""
+    out: dict[int, AtlasData] = {}
+    for cls, files in atlas_for_classes(data).items():
+        img = load_nifti(files["image"])
+        lab = load_nifti(files["labelmap"])
+        check_same_grid(img, files["image"], lab, files["labelmap"])
+        labels = np.rint(lab.array).astype(np.int64)
+        out[cls] = AtlasData(cls, files["image"], labels, img.affine,
+                             to_grid(normalise_intensity(img.array), grid), to_grid(labels > 0, grid))
+    return out
+
+
+def load_subject(item: Mapping[str, Any], split: str, atlas: AtlasData, grid: int) -> SubjectData:
+    """Return a subject's image (and ``binary`` when present) checked against its atlas's grid."""
+    view = training_view(item)  # the weak-supervision invariant: never gt
+    img = load_nifti(view["image"])
+    ref = Volume(atlas.labelmap, atlas.affine)
+    check_same_grid(ref, atlas.image_path, img, view["image"])
+    binary_reg = None
+    if view.get("binary"):
+        b = load_nifti(view["binary"])
+        check_same_grid(img, view["image"], b, view["binary"])
+        binary_reg = to_grid(b.array > 0, grid)
+    return SubjectData(str(view["id"]), split, int(view["label"]), view["image"], img.affine,
+                       tuple(img.array.shape), to_grid(normalise_intensity(img.array), grid), binary_reg)  # type: ignore[arg-type]
+
+
+def load_subjects(data: Mapping[str, Any], atlases: Mapping[int, AtlasData], grid: int,
+                  splits: Sequence[str] = SPLITS, progress: bool = False) -> list[SubjectData]:
+    """Return the subjects of ``splits`` loaded at the registration grid (class atlas must exist)."""
+    from tqdm.auto import tqdm
+
+    items = [(split, item) for split in splits for item in data.get(split, []) or []]
+    out = []
+    for split, item in tqdm(items, desc="load subjects", disable=not progress):
+        cls = int(item["label"])
+        if cls not in atlases:
+            raise DataError(f"{item['image']}: subject class {cls} has no atlas in the dataset")
+        out.append(load_subject(item, split, atlases[cls], grid))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# model and loss
+
+
+def build_model(cfg: PropagationConfig) -> torch.nn.Module:
+    """Return a fresh ``VxmPairwise`` (source: atlas image, target: subject image)."""
+    from voxelmorph.nn.models import VxmPairwise
+
+    if cfg.integration_steps <= 0:
+        raise ValueError("integration_steps must be > 0: label propagation uses a diffeomorphic field")
+    return VxmPairwise(ndim=3, source_channels=1, target_channels=1, nb_features=list(cfg.nb_features),
+                       integration_steps=cfg.integration_steps)
+
+
+class RegistrationLoss(torch.nn.Module):
+    """Similarity + smoothness + foreground Dice; returns the total and its three terms."""
+
+    def __init__(self, cfg: PropagationConfig) -> None:
+        super().__init__()
+        from neurite.nn.modules import MSE, NCC, SpatialGradient
+
+        if cfg.similarity == "ncc":
+            self.sim = NCC(window_size=cfg.ncc_window)
+        elif cfg.similarity == "mse":
+            self.sim = MSE()
+        else:
+            raise ValueError(f"unknown similarity {cfg.similarity!r}; use 'ncc' or 'mse'")
+        self.kind = cfg.similarity
+        self.grad = SpatialGradient(penalty="l2")
+        self.w_smooth = cfg.weight_smooth
+        self.w_dice = cfg.weight_dice
+
+    def forward(self, warped_img: torch.Tensor, target_img: torch.Tensor, velocity: torch.Tensor,
+                warped_fg: torch.Tensor | None,
+                target_fg: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return ``(total, {"sim", "smooth", "dice"})`` for one batch."""
+        s = self.sim(warped_img, target_img).mean()
+        sim = 1.0 - s if self.kind == "ncc" else s  # neurite NCC is a squared correlation in [0, 1]
+        smooth = self.grad(velocity)
+        total = sim + self.w_smooth * smooth
+        dice_loss = torch.zeros(())
+        if warped_fg is not None and target_fg is not None and self.w_dice > 0:
+            inter = (warped_fg * target_fg).sum(dim=(1, 2, 3, 4))
+            denom = warped_fg.sum(dim=(1, 2, 3, 4)) + target_fg.sum(dim=(1, 2, 3, 4))
+            dice_loss = (1.0 - (2 * inter + 1e-5) / (denom + 1e-5)).mean()
+            total = total + self.w_dice * dice_loss
+        return total, {"sim": float(sim.detach()), "smooth": float(smooth.detach()),
+                       "dice": float(dice_loss.detach())}
+
+
+def registration_step(model: torch.nn.Module, loss_fn: RegistrationLoss, atlas_img: torch.Tensor,
+                      atlas_fg: torch.Tensor, subj_img: torch.Tensor,
+                      subj_fg: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
+    """Return the loss of registering a batch of atlases to subjects (forward only)."""
+    velocity = model(atlas_img, subj_img, return_field_type="velocity")
+    disp = model.velocity_field_integrator(velocity)
+    warped_img = warp(atlas_img, disp)
+    warped_fg = warp(atlas_fg, disp) if subj_fg is not None else None
+    return loss_fn(warped_img, subj_img, velocity, warped_fg, subj_fg)
+
+
+def train_registration(subjects: Sequence[SubjectData], atlases: Mapping[int, AtlasData],
+                       cfg: PropagationConfig, seed: int = 0, progress: bool = True,
+                       model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, pd.DataFrame]:
+    """Return the trained network and its history (iteration, loss, sim, smooth, dice, seconds).
+
+    Each iteration draws ``batch_size`` subjects at random (with their class atlas as source).
+    """
+    from tqdm.auto import tqdm
+
+    if not subjects:
+        raise DataError("no training subjects for label propagation")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    model = model if model is not None else build_model(cfg)
+    loss_fn = RegistrationLoss(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model.train()
+    rows = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.iterations), desc="train VoxelMorph", disable=not progress)
+    for it in bar:
+        idx = rng.integers(0, len(subjects), cfg.batch_size)
+        batch = [subjects[i] for i in idx]
+        a_img = torch.cat([atlases[s.cls].image_reg for s in batch])
+        a_fg = torch.cat([atlases[s.cls].fg_reg for s in batch])
+        s_img = torch.cat([s.image_reg for s in batch])
+        has_fg = all(s.binary_reg is not None for s in batch)
+        s_fg = torch.cat([s.binary_reg for s in batch]) if has_fg else None  # type: ignore[misc]
+        loss, parts = registration_step(model, loss_fn, a_img, a_fg, s_img, s_fg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rows.append({"iteration": it + 1, "loss": float(loss.detach()), **parts, "seconds": time.perf_counter() - t0})
+        if progress and (it % 10 == 0 or it == cfg.iterations - 1):
+            bar.set_postfix(loss=f"{rows[-1]['loss']:.4f}", dice=f"{parts['dice']:.3f}")
+    model.eval()
+    return model, pd.DataFrame(rows)
+
+
+@torch.no_grad()
+def register(model: torch.nn.Module, atlas: AtlasData, subject: SubjectData) -> torch.Tensor:
+    """Return the atlas-to-subject displacement ``[1, 3, *subject.shape]`` in full-grid voxels."""
+    model.eval()
+    disp = model(atlas.image_reg, subject.image_reg, return_field_type="displacement")
+    return upsample_field(disp, subject.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# the stage
+
+
+def dataset_digest(data: Mapping[str, Any]) -> str:
+    """Return a hash of everything propagation reads (atlas files, item images, masks, classes)."""
+    from fetalcmr.cache import content_key, file_digest
+
+    parts: list[Any] = []
+    for cls, files in sorted(atlas_for_classes(data).items()):
+        parts.append([cls, file_digest(files["image"]), file_digest(files["labelmap"])])
+    for split in SPLITS:
+        for item in data.get(split, []) or []:
+            view = training_view(item)
+            parts.append([split, view["id"], int(view["label"]), file_digest(view["image"]),
+                          file_digest(view["binary"]) if view.get("binary") else None])
+    return content_key(parts)
+
+
+def save_model(model: torch.nn.Module, path: str | os.PathLike[str]) -> None:
+    """Write the network's ``state_dict`` atomically."""
+    from fetalcmr.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(model.state_dict(), tmp)
+
+
+def load_model(cfg: PropagationConfig, path: str | os.PathLike[str]) -> torch.nn.Module:
+    """Return a network of ``cfg``'s architecture with weights from ``path`` (``weights_only``)."""
+    model = build_model(cfg)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except Exception as err:  # torch raises pickle, struct, runtime and OS errors for bad files
+        raise DataError(f"{path}: cannot load the registration network ({err})") from None
+    model.eval()
+    return model
+
+
+@dataclass
+class PropagationResult:
+    """Outputs of :func:`run_label_propagation`."""
+
+    dataset: dict[str, Any]  # the input dataset with ``lp`` (and test ``lp_oracle_class``) added
+    history: pd.DataFrame  # training curve
+    subjects: pd.DataFrame  # per subject: id, split, class, seconds, fold_fraction, jac_*
+    model_path: Path
+    reused: bool  # True when everything came from the cache
+
+
+def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
+                       atlases: Mapping[int, AtlasData], out_dir: Path, label_interp: str = "onehot",
+                       n_labels: int | None = None, progress: bool = True) -> pd.DataFrame:
+    """Write ``<out_dir>/<id>_lp.nii.gz`` for each subject; return per-subject time and Jacobian stats.
+
+    ``seconds`` covers registration (network + field upsampling) and label warping, not file I/O.
+    """
+    from tqdm.auto import tqdm
+
+    rows = []
+    for subj in tqdm(subjects, desc="propagate labels", disable=not progress):
+        atlas = atlases[subj.cls]
+        n = n_labels or int(atlas.labelmap.max()) + 1
+        t0 = time.perf_counter()
+        disp = register(model, atlas, subj)
+        lp = warp_labels(atlas.labelmap, disp, n, mode=label_interp)
+        seconds = time.perf_counter() - t0
+        path = out_dir / f"{subj.id}_lp.nii.gz"
+        save_nifti(path, lp, subj.affine)
+        rows.append({"id": subj.id, "split": subj.split, "class": subj.cls, "lp": str(path),
+                     "seconds": seconds, **folding_stats(disp[0])})
+    return pd.DataFrame(rows)
+
+
+def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.PathLike[str],
+                          lp_json: str | os.PathLike[str], cfg: PropagationConfig, seed: int = 0,
+                          progress: bool = True, torch_threads: int | None = None) -> PropagationResult:
+    """Train (or reuse) the registration network, propagate atlas labels, write ``lp_json``.
+
+    Cached by ``content_key(config, seed, dataset digest, code version)``: the model
+    (``vxm_model.pt`` + ``vxm_history.csv``) and the propagated labels (``labels/``,
+    ``lp_subjects.csv``, ``lp_json``) are reused when nothing that produced them changed.
+    """
+    from fetalcmr.cache import code_version, content_key, is_fresh, mark_fresh
+    from fetalcmr.dataset import read_dataset, write_dataset
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    lp_dir = Path(lp_dir)
+    data = read_dataset(source_json)
+    digest = dataset_digest(data)
+    train_key = content_key("vxm-train", FORMAT_VERSION, {k: v for k, v in vars(cfg).items() if k != "label_interp"},
+                            seed, digest, code_version())
+    prop_key = content_key("vxm-propagate", train_key, cfg.label_interp)
+    model_path = lp_dir / "vxm_model.pt"
+    history_path = lp_dir / "vxm_history.csv"
+    subjects_path = lp_dir / "lp_subjects.csv"
+    train_record = lp_dir / "vxm_train.done.json"
+    prop_record = lp_dir / "lp.done.json"
+
+    if is_fresh(prop_record, prop_key) and Path(lp_json).exists() and is_fresh(train_record, train_key):
+        return PropagationResult(read_dataset(lp_json), pd.read_csv(history_path), pd.read_csv(subjects_path),
+                                 model_path, reused=True)
+
+    atlases = load_atlases(data, cfg.grid)
+    subjects = load_subjects(data, atlases, cfg.grid, progress=progress)
+    if is_fresh(train_record, train_key) and model_path.exists():
+        model = load_model(cfg, model_path)
+        history = pd.read_csv(history_path)
+    else:
+        fit = [s for s in subjects if s.split in ("training", "validation")]
+        model, history = train_registration(fit, atlases, cfg, seed=seed, progress=progress)
+        save_model(model, model_path)
+        from fetalcmr.atomic import atomic_path
+
+        with atomic_path(history_path) as tmp:
+            history.to_csv(tmp, index=False)
+        mark_fresh(train_record, train_key, iterations=cfg.iterations)
+
+    table = propagate_subjects(model, subjects, atlases, lp_dir / "labels", cfg.label_interp,
+                               n_labels=_n_labels(data, atlases), progress=progress)
+    out = copy.deepcopy(data)
+    lp_of = dict(zip(table["id"], table["lp"]))
+    for split in SPLITS:
+        for item in out.get(split, []) or []:
+            item["lp"] = lp_of[str(item["id"])]
+            if split == "testing":
+                item["lp_oracle_class"] = True
+    write_dataset(lp_json, out)
+    from fetalcmr.atomic import atomic_path
+
+    with atomic_path(subjects_path) as tmp:
+        table.to_csv(tmp, index=False)
+    mark_fresh(prop_record, prop_key, n_subjects=len(table))
+    return PropagationResult(read_dataset(lp_json), history, table, model_path, reused=False)
+
+
+def _n_labels(data: Mapping[str, Any], atlases: Mapping[int, AtlasData]) -> int:
+    labels = [int(k) for k in data.get("labels", {})]
+    return max(labels + [int(a.labelmap.max()) for a in atlases.values()]) + 1

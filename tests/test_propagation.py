@@ -1,0 +1,257 @@
+"""VoxelMorph label propagation: warping, grids, loss, atlas choice, the weak-supervision invariant."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from fetalcmr import propagation as prop
+from fetalcmr.config import PropagationConfig
+from fetalcmr.dataset import read_dataset, write_dataset
+from fetalcmr.io import DataError, load_nifti, save_nifti
+
+TOY_GRID = 24
+TOY_CFG = PropagationConfig(grid=16, nb_features=(8, 8, 8, 8), integration_steps=5, iterations=3,
+                            ncc_window=5)
+
+
+def toy_atlas(cls: int, grid: int = TOY_GRID) -> tuple[np.ndarray, np.ndarray]:
+    """A labelled phantom: dark labelled bars in mid-grey tissue with a bright 'lung'; class shifts bars."""
+    g = np.mgrid[:grid, :grid, :grid].astype(float) / grid
+    labels = np.zeros((grid,) * 3, np.uint8)
+    off = 0.08 * (cls - 1)
+    labels[(np.abs(g[0] - 0.35 - off) < 0.07) & (np.abs(g[1] - 0.5) < 0.07) & (g[2] > 0.2) & (g[2] < 0.8)] = 1
+    labels[(np.abs(g[0] - 0.65 + off) < 0.06) & (np.abs(g[2] - 0.5) < 0.06) & (g[1] > 0.25) & (g[1] < 0.75)] = 2
+    labels[(np.abs(g[1] - 0.3) < 0.06) & (np.abs(g[2] - 0.3) < 0.06) & (g[0] > 0.3) & (g[0] < 0.7)] = 3
+    image = 0.4 + 0.5 * (((g[0] - 0.5) ** 2 + (g[1] - 0.7) ** 2) < 0.04)
+    image = np.where(labels > 0, 0.08, image)
+    return ndimage.gaussian_filter(image, 0.7).astype(np.float32) * 1000, labels
+
+
+def smooth_field(rng: np.random.Generator, grid: int, amplitude: float) -> np.ndarray:
+    """A random smooth displacement field ``[3, g, g, g]`` with max magnitude ~``amplitude`` voxels."""
+    f = np.stack([ndimage.gaussian_filter(rng.normal(size=(grid,) * 3), grid / 5) for _ in range(3)])
+    return f / (np.abs(f).max() + 1e-9) * amplitude
+
+
+def apply_field(array: np.ndarray, field: np.ndarray, order: int) -> np.ndarray:
+    coords = np.mgrid[tuple(slice(0, n) for n in array.shape)].astype(float) + field
+    return ndimage.map_coordinates(array, coords, order=order, mode="constant", cval=0)
+
+
+def make_toy_dataset(root: Path, n_per_class: int = 2, seed: int = 0, with_gt: bool = True,
+                     grid: int = TOY_GRID) -> Path:
+    """Write a tiny synthetic dataset (3 class atlases, warped subjects) and return its dataset.json."""
+    rng = np.random.default_rng(seed)
+    affine = np.diag([1.5, 1.5, 1.5, 1.0])
+    data: dict[str, Any] = {
+        "name": "toy", "synthetic": True, "labels": {"0": "background", "1": "A", "2": "B", "3": "C"},
+        "classes": {"0": "CoA", "1": "RAA", "2": "DAA"}, "spacing_mm": [1.5] * 3,
+        "atlases": [], "training": [], "validation": [], "testing": [],
+    }
+    for cls in range(3):
+        img, lab = toy_atlas(cls, grid)
+        save_nifti(root / f"atlas{cls}_image.nii.gz", img, affine)
+        save_nifti(root / f"atlas{cls}_labels.nii.gz", lab, affine)
+        data["atlases"].append({"label": cls, "image": str(root / f"atlas{cls}_image.nii.gz"),
+                                "labelmap": str(root / f"atlas{cls}_labels.nii.gz")})
+    k = 0
+    for cls in range(3):
+        img, lab = toy_atlas(cls, grid)
+        for j in range(n_per_class + 1):
+            field = smooth_field(rng, grid, 1.5)
+            s_img = apply_field(img, field, 1) * rng.uniform(0.8, 1.2) + rng.normal(0, 5, img.shape)
+            s_lab = apply_field(lab, field, 0).astype(np.uint8)
+            sid = f"sub-{k:03d}"
+            item = {"id": sid, "image": str(root / f"{sid}_image.nii.gz"), "binary": str(root / f"{sid}_binary.nii.gz"),
+                    "label": cls, "meta": {}}
+            save_nifti(item["image"], s_img.astype(np.float32), affine)
+            save_nifti(item["binary"], (s_lab > 0).astype(np.uint8), affine)
+            if with_gt:
+                item["gt"] = str(root / f"{sid}_gt.nii.gz")
+                save_nifti(item["gt"], s_lab, affine)
+            split = "testing" if j == n_per_class else ("validation" if j == 0 and cls == 0 else "training")
+            data[split].append(item)
+            k += 1
+    path = root / "dataset.json"
+    write_dataset(path, data)
+    return path
+
+
+# ------------------------------------------------------------------------------------------ warping
+
+
+def test_identity_field_leaves_labels_unchanged() -> None:
+    _, lab = toy_atlas(0)
+    zero = torch.zeros(1, 3, *lab.shape)
+    for mode in ("onehot", "nearest"):
+        assert np.array_equal(prop.warp_labels(lab, zero, 4, mode=mode), lab)
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.tuples(st.integers(-3, 3), st.integers(-3, 3), st.integers(-3, 3)), st.sampled_from(["onehot", "nearest"]))
+def test_integer_translation_is_exact(shift: tuple[int, int, int], mode: str) -> None:
+    _, lab = toy_atlas(1)
+    disp = torch.tensor(shift, dtype=torch.float32).view(1, 3, 1, 1, 1).expand(1, 3, *lab.shape).contiguous()
+    out = prop.warp_labels(lab, disp, 4, mode=mode)
+    # out(x) = lab(x + shift), zero outside
+    expected = ndimage.shift(lab, [-s for s in shift], order=0, mode="constant", cval=0)
+    assert np.array_equal(out, expected)
+    assert set(np.unique(out)) <= set(np.unique(lab))
+
+
+def test_smooth_warp_matches_reference_resampling() -> None:
+    _, lab = toy_atlas(2)
+    field = smooth_field(np.random.default_rng(3), lab.shape[0], 2.0)
+    ref = apply_field(lab, field, 0)
+    out = prop.warp_labels(lab, torch.tensor(field, dtype=torch.float32)[None], 4, mode="nearest")
+    assert (out == ref).mean() > 0.995  # ties at exact half-voxels may round either way
+    onehot = prop.warp_labels(lab, torch.tensor(field, dtype=torch.float32)[None], 4, mode="onehot")
+    assert (onehot == ref).mean() > 0.97
+    assert set(np.unique(onehot)) <= set(np.unique(lab))
+
+
+def test_upsampled_translation_matches_full_grid_translation() -> None:
+    coarse = torch.zeros(1, 3, 12, 12, 12)
+    coarse[:, 0] = 1.0  # one coarse voxel along x
+    full = prop.upsample_field(coarse, (24, 24, 24))
+    assert torch.allclose(full[:, 0], torch.full((1, 24, 24, 24), 2.0))
+    assert torch.allclose(full[:, 1:], torch.zeros(1, 2, 24, 24, 24))
+
+
+def test_coarse_grid_geometry_is_consistent() -> None:
+    # A blob downsampled, shifted on the coarse grid, upsampled: same as shifting the full blob.
+    _, lab = toy_atlas(0)
+    fg = (lab > 0).astype(np.float32)
+    coarse = torch.zeros(1, 3, 12, 12, 12)
+    coarse[:, 1] = 1.5
+    moved = prop.warp(torch.tensor(fg)[None, None], prop.upsample_field(coarse, fg.shape))[0, 0].numpy()
+    expected = ndimage.shift(fg, (0, -3, 0), order=1)
+    assert np.abs(moved - expected).max() < 1e-4
+
+
+def test_jacobian_of_known_fields() -> None:
+    zero = np.zeros((3, 8, 8, 8))
+    assert np.allclose(prop.jacobian_determinant(zero), 1.0)
+    x = np.mgrid[:8, :8, :8].astype(float)
+    stretch = np.stack([0.5 * x[0], np.zeros_like(x[0]), np.zeros_like(x[0])])  # x -> 1.5 x
+    assert np.allclose(prop.jacobian_determinant(stretch), 1.5)
+    fold = np.stack([-2.0 * x[0], np.zeros_like(x[0]), np.zeros_like(x[0])])  # x -> -x
+    stats = prop.folding_stats(fold)
+    assert stats["fold_fraction"] == 1.0 and stats["jac_min"] == pytest.approx(-1.0)
+
+
+# ------------------------------------------------------------------------------------- grids, model
+
+
+def test_mismatched_grids_raise_clear_error(tmp_path: Path) -> None:
+    path = make_toy_dataset(tmp_path, n_per_class=1)
+    data = read_dataset(path)
+    item = data["training"][0]
+    vol = load_nifti(item["image"])
+    save_nifti(item["image"], vol.array[:-2], vol.affine)  # wrong shape
+    with pytest.raises(DataError, match=rf"{Path(item['image']).name}.*does not match"):
+        prop.load_subjects(data, prop.load_atlases(data, 16), 16)
+    save_nifti(item["image"], vol.array, vol.affine @ np.diag([1, 1, 1.2, 1]))  # wrong affine
+    with pytest.raises(DataError, match=rf"{Path(item['image']).name}.*affine"):
+        prop.load_subjects(data, prop.load_atlases(data, 16), 16)
+
+
+def test_loss_decreases_on_a_tiny_pair(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = read_dataset(make_toy_dataset(tmp_path, n_per_class=1))
+    atlases = prop.load_atlases(data, 16)
+    subjects = prop.load_subjects(data, atlases, 16, splits=("training",))[:1]
+    cfg = dataclasses.replace(TOY_CFG, iterations=25, lr=3e-3)
+    _, hist = prop.train_registration(subjects, atlases, cfg, progress=False)
+    first, last = hist["loss"].iloc[:3].mean(), hist["loss"].iloc[-3:].mean()
+    assert last < first - 0.01, (first, last)
+
+
+def test_atlas_used_matches_subject_class(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = read_dataset(make_toy_dataset(tmp_path, n_per_class=1))
+    atlases = prop.load_atlases(data, 16)
+    subjects = prop.load_subjects(data, atlases, 16)
+    seen: list[tuple[str, int]] = []
+    real = prop.register
+
+    def spy(model: torch.nn.Module, atlas: prop.AtlasData, subject: prop.SubjectData) -> torch.Tensor:
+        seen.append((subject.id, atlas.cls))
+        return real(model, atlas, subject)
+
+    monkeypatch.setattr(prop, "register", spy)
+    model = prop.build_model(TOY_CFG)
+    prop.propagate_subjects(model, subjects, atlases, tmp_path / "labels", progress=False)
+    classes = {str(it["id"]): int(it["label"]) for split in ("training", "validation", "testing") for it in data[split]}
+    assert len(seen) == len(classes)
+    assert all(classes[sid] == cls for sid, cls in seen)
+    # with an untrained (near-identity) network the propagated labels are the class atlas itself
+    lp = load_nifti(tmp_path / "labels" / f"{seen[0][0]}_lp.nii.gz").array
+    assert np.array_equal(lp, atlases[seen[0][1]].labelmap)
+
+
+def test_missing_atlas_for_a_class_is_an_error(tmp_path: Path) -> None:
+    data = read_dataset(make_toy_dataset(tmp_path, n_per_class=1))
+    data["atlases"] = data["atlases"][:2]
+    with pytest.raises(DataError, match="class 2 has no atlas"):
+        prop.load_subjects(data, prop.load_atlases(data, 16), 16)
+
+
+# ----------------------------------------------------------------------------------- the whole stage
+
+
+def test_stage_writes_lp_never_reads_gt_and_caches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = make_toy_dataset(tmp_path / "cohort", n_per_class=1)
+    raw = json.loads(src.read_text())
+    for split in ("training", "validation", "testing"):  # gt points at missing / corrupt files
+        for i, item in enumerate(raw[split]):
+            item["gt"] = "missing_gt.nii.gz" if i % 2 else "corrupt_gt.nii.gz"
+    (tmp_path / "cohort" / "corrupt_gt.nii.gz").write_bytes(b"not a nifti")
+    src.write_text(json.dumps(raw))
+    opened: list[str] = []
+    real_load = prop.load_nifti
+
+    def spy(path: Any, **kw: Any) -> Any:
+        opened.append(str(path))
+        return real_load(path, **kw)
+
+    monkeypatch.setattr(prop, "load_nifti", spy)
+    lp_json = tmp_path / "lp" / "dataset.json"
+    res = prop.run_label_propagation(src, tmp_path / "lp", lp_json, TOY_CFG, seed=0, progress=False)
+    assert not any("gt" in Path(p).name for p in opened)
+    assert not res.reused
+    out = read_dataset(lp_json)
+    for split in ("training", "validation", "testing"):
+        for item in out[split]:
+            lp = load_nifti(item["lp"])
+            img = load_nifti(item["image"])
+            assert lp.array.shape == img.array.shape and np.allclose(lp.affine, img.affine)
+            assert set(np.unique(lp.array)) <= {0, 1, 2, 3}
+            assert item.get("lp_oracle_class", False) == (split == "testing")
+    assert len(res.history) == TOY_CFG.iterations
+    assert set(res.subjects.columns) >= {"id", "seconds", "fold_fraction"}
+    again = prop.run_label_propagation(src, tmp_path / "lp", lp_json, TOY_CFG, seed=0, progress=False)
+    assert again.reused
+    other = prop.run_label_propagation(src, tmp_path / "lp", lp_json, dataclasses.replace(TOY_CFG, lr=2e-3),
+                                       seed=0, progress=False)
+    assert not other.reused
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    model = prop.build_model(TOY_CFG)
+    prop.save_model(model, tmp_path / "m.pt")
+    loaded = prop.load_model(TOY_CFG, tmp_path / "m.pt")
+    for (k, v), (_, w) in zip(model.state_dict().items(), loaded.state_dict().items()):
+        assert torch.equal(v, w), k
+    (tmp_path / "bad.pt").write_bytes(b"junk")
+    with pytest.raises(DataError, match="bad.pt"):
+        prop.load_model(TOY_CFG, tmp_path / "bad.pt")
