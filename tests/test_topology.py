@@ -1,0 +1,327 @@
+"""Tests for fetalcmr.topology: Betti numbers, adjacency and the per-subject verdict."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from scipy import ndimage
+
+from fetalcmr import topology
+from fetalcmr.anatomy import ARCH_SIDE, CLASS_INDEX, EXPECTED_CONTACTS, LABEL_INDEX
+
+L = LABEL_INDEX
+GRID = np.indices((64, 64, 64), dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# constructed shapes
+
+
+def _ball(shape: tuple[int, int, int], centre: tuple[float, ...], radius: float) -> np.ndarray:
+    g = np.indices(shape, dtype=np.float32)
+    return sum((g[i] - centre[i]) ** 2 for i in range(3)) <= radius**2
+
+
+def _torus(shape: tuple[int, int, int], centre: tuple[float, ...], big: float, small: float) -> np.ndarray:
+    g = np.indices(shape, dtype=np.float32)
+    x, y, z = (g[i] - centre[i] for i in range(3))
+    return (np.sqrt(x**2 + y**2) - big) ** 2 + z**2 <= small**2
+
+
+def test_betti_solid_ball() -> None:
+    assert topology.betti_numbers(_ball((20, 20, 20), (10, 10, 10), 6)) == (1, 0, 0)
+
+
+def test_betti_two_balls() -> None:
+    m = _ball((30, 20, 20), (7, 10, 10), 5) | _ball((30, 20, 20), (22, 10, 10), 5)
+    assert topology.betti_numbers(m) == (2, 0, 0)
+
+
+def test_betti_solid_torus() -> None:
+    assert topology.betti_numbers(_torus((30, 30, 12), (15, 15, 6), 8, 3)) == (1, 1, 0)
+
+
+def test_betti_hollow_sphere() -> None:
+    shell = _ball((24, 24, 24), (12, 12, 12), 9) & ~_ball((24, 24, 24), (12, 12, 12), 6)
+    assert topology.betti_numbers(shell) == (1, 0, 1)
+
+
+def test_betti_two_holed_torus() -> None:
+    eight = _torus((44, 30, 12), (13, 15, 6), 8, 3) | _torus((44, 30, 12), (29, 15, 6), 8, 3)
+    assert ndimage.label(eight)[1] == 1  # the two rings overlap: one figure eight
+    assert topology.betti_numbers(eight) == (1, 2, 0)
+
+
+def test_betti_uses_26_foreground_6_background() -> None:
+    diag = np.zeros((4, 4, 4), bool)
+    diag[1, 1, 1] = diag[2, 2, 2] = True  # corner contact: one 26-component
+    assert topology.betti_numbers(diag) == (1, 0, 0)
+    # a ring closed only through a vertex contact is still a loop under 26-connectivity
+    ring = np.zeros((6, 6, 3), bool)
+    ring[1, 2:4, 1] = ring[4, 2:4, 1] = ring[2:4, 1, 1] = ring[2:4, 4, 1] = True
+    assert topology.betti_numbers(ring) == (1, 1, 0)
+    # a one-voxel cavity sealed only face-wise is a cavity for a 6-connected background
+    box = np.ones((3, 3, 3), bool)
+    box[1, 1, 1] = False
+    assert topology.betti_numbers(box) == (1, 0, 1)
+    assert topology.betti_numbers(np.zeros((3, 3, 3), bool)) == (0, 0, 0)
+
+
+def test_betti_speed_at_64() -> None:
+    m = _torus((64, 64, 64), (32, 32, 32), 18, 6) | _ball((64, 64, 64), (10, 10, 10), 6)
+    topology.betti_numbers(m)
+    t = time.perf_counter()
+    for _ in range(5):
+        assert topology.betti_numbers(m) == (2, 1, 0)
+    assert (time.perf_counter() - t) / 5 < 0.1  # budget 0.05 s, slack for a shared machine
+
+
+_small_masks = arrays(np.bool_, st.tuples(*[st.integers(2, 7)] * 3), elements=st.booleans())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_small_masks)
+def test_betti_b0_is_26_component_count_and_chi_consistent(m: np.ndarray) -> None:
+    b0, b1, b2 = topology.betti_numbers(m)
+    assert b0 == ndimage.label(m, structure=np.ones((3, 3, 3)))[1]
+    assert b1 >= 0 and b2 >= 0
+    assert b0 - b1 + b2 == (topology.euler_characteristic(m) if m.any() else 0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_small_masks, st.integers(0, 2), st.tuples(*[st.integers(0, 3)] * 3))
+def test_betti_invariant_under_flip_translation_transpose(m: np.ndarray, axis: int,
+                                                          shift: tuple[int, int, int]) -> None:
+    ref = topology.betti_numbers(m)
+    moved = np.pad(np.flip(m, axis=axis), [(s, 3 - s) for s in shift])
+    assert topology.betti_numbers(moved) == ref
+    assert topology.betti_numbers(np.transpose(m, (2, 0, 1))) == ref
+    assert topology.euler_characteristic(moved) == topology.euler_characteristic(m)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_small_masks, _small_masks)
+def test_betti_additive_over_separated_union(a: np.ndarray, b: np.ndarray) -> None:
+    both = np.zeros((a.shape[0] + b.shape[0] + 2, max(a.shape[1], b.shape[1]),
+                     max(a.shape[2], b.shape[2])), bool)
+    both[:a.shape[0], :a.shape[1], :a.shape[2]] = a
+    both[a.shape[0] + 2:, :b.shape[1], :b.shape[2]] = b  # a gap of two voxels: no contact
+    got = topology.betti_numbers(both)
+    assert got == tuple(x + y for x, y in zip(topology.betti_numbers(a), topology.betti_numbers(b),
+                                              strict=True))
+
+
+# ---------------------------------------------------------------------------------------------
+# components and adjacency
+
+
+def test_components_per_label() -> None:
+    lm = np.zeros((10, 10, 10), np.uint8)
+    lm[1:3, 1:3, 1:3] = 4
+    lm[6:8, 6:8, 6:8] = 4
+    lm[4, 4, 4] = 6
+    assert topology.components_per_label(lm) == {4: 2, 6: 1}
+    assert topology.components_per_label(lm, labels=[4, 6, 8]) == {4: 2, 6: 1, 8: 0}
+    lm[3, 3, 3] = 4  # a corner contact joins the two pieces (26-connectivity)
+    lm[4:6, 4:6, 4:6] = 4
+    assert topology.components_per_label(lm)[4] == 1
+
+
+def test_adjacency_graph_faces_corners_and_gaps() -> None:
+    lm = np.zeros((8, 8, 8), np.uint8)
+    lm[1, 1, 1], lm[2, 2, 2] = 1, 2  # corner contact
+    lm[5, 5, 5], lm[5, 5, 6] = 3, 4  # face contact
+    lm[1, 6, 6], lm[3, 6, 6] = 5, 6  # one-voxel gap: no contact
+    assert topology.adjacency_graph(lm) == {(1, 2), (3, 4)}
+    assert topology.adjacency_graph(np.zeros((3, 3, 3), np.uint8)) == set()
+
+
+@settings(max_examples=40, deadline=None)
+@given(arrays(np.uint8, st.tuples(*[st.integers(2, 6)] * 3), elements=st.integers(0, 4)))
+def test_adjacency_graph_matches_bruteforce(lm: np.ndarray) -> None:
+    want = set()
+    for idx in np.ndindex(lm.shape):
+        a = lm[idx]
+        if a == 0:
+            continue
+        for d in np.ndindex(3, 3, 3):
+            j = tuple(i + k - 1 for i, k in zip(idx, d, strict=True))
+            if all(0 <= j[n] < lm.shape[n] for n in range(3)) and lm[j] not in (0, a):
+                want.add((int(min(a, lm[j])), int(max(a, lm[j]))))
+    assert topology.adjacency_graph(lm) == want
+
+
+# ---------------------------------------------------------------------------------------------
+# class phantoms: tubes at 64³ in RAS+ (x → Right, y → Anterior, z → Superior)
+
+TRACHEA_X = 32
+
+
+def _tube(vol: np.ndarray, points: list[tuple[float, float, float]], radius: float, label: int) -> None:
+    """Draw a capsule chain into background voxels of ``vol`` (earlier vessels keep theirs)."""
+    for a, b in zip(points[:-1], points[1:], strict=True):
+        a_, b_ = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        lo = np.maximum(np.floor(np.minimum(a_, b_) - radius - 1), 0).astype(int)
+        hi = np.minimum(np.ceil(np.maximum(a_, b_) + radius + 2), vol.shape).astype(int)
+        box = tuple(slice(lo[i], hi[i]) for i in range(3))
+        g = np.stack([GRID[i][box] for i in range(3)], axis=-1)
+        d = b_ - a_
+        t = np.clip(((g - a_) @ d) / float(d @ d), 0.0, 1.0)
+        dist = np.linalg.norm(g - (a_ + t[..., None] * d), axis=-1)
+        region = vol[box]
+        region[(dist <= radius) & (region == 0)] = label
+
+
+LEFT_ARCH = [(36, 42, 40), (29, 39, 47), (25, 30, 47), (28, 22, 46), (32, 20, 46)]
+RIGHT_ARCH = [(36, 42, 40), (40, 36, 47), (40, 30, 47), (36, 22, 46), (32, 20, 46)]
+
+
+def phantom(cls: int) -> np.ndarray:
+    """Return a tube phantom of class ``cls`` whose topology matches the class template."""
+    v = np.zeros((64, 64, 64), np.uint8)
+    _tube(v, [(36, 42, 12), (36, 42, 40)], 2.5, L["AO"])
+    if cls in (0, 2):
+        _tube(v, LEFT_ARCH, 2.5 if cls == 0 else 1.6, L["AO"])
+    if cls in (1, 2):
+        _tube(v, RIGHT_ARCH, 2.5, L["AO"])
+    _tube(v, [(32, 20, 46), (32, 20, 4)], 2.5, L["DAO"])
+    _tube(v, [(28, 46, 10), (28, 40, 30), (28, 36, 32)], 3, L["MPA"])
+    _tube(v, [(28, 36, 32), (16, 30, 30)], 2, L["LPA"])
+    _tube(v, [(28, 36, 32), (48, 30, 30)], 2, L["RPA"])
+    _tube(v, [(29, 38, 35), (30, 28, 40), (31, 21, 40)], 2, L["AD"])
+    if cls == 1:  # aberrant LSA from the proximal DAO, behind the trachea
+        _tube(v, [(31, 17, 26), (20, 19, 56)], 1.5, L["LSA"])
+    else:
+        _tube(v, [(26, 31, 48), (22, 32, 60)], 1.5, L["LSA"])
+    _tube(v, [(39, 41, 42), (43, 40, 60)], 1.5, L["BCA"])
+    _tube(v, [(34, 40, 43.5), (30, 40, 60)], 1.5, L["LCCA"])
+    _tube(v, [(50, 40, 8), (50, 40, 60)], 2, L["SVC"])
+    _tube(v, [(16, 28, 14), (46, 28, 14)], 1.5, L["PV"])
+    return v
+
+
+def trachea(shape: tuple[int, int, int] = (64, 64, 64)) -> np.ndarray:
+    """Return a trachea cylinder at x = 32, y = 30 above the carina (z ≥ 36)."""
+    g = np.indices(shape)
+    return ((g[0] - TRACHEA_X) ** 2 + (g[1] - 30) ** 2 <= 9) & (g[2] >= 36)
+
+
+@pytest.fixture(scope="module")
+def phantoms() -> dict[int, np.ndarray]:
+    return {cls: phantom(cls) for cls in (0, 1, 2)}
+
+
+@pytest.mark.parametrize("cls", [0, 1, 2])
+def test_phantom_templates_are_correct(phantoms: dict[int, np.ndarray], cls: int) -> None:
+    lm = phantoms[cls]
+    assert topology.adjacency_graph(lm) == set(EXPECTED_CONTACTS[cls])
+    for kwargs in ({"trachea_x_vox": TRACHEA_X}, {"trachea_mask": trachea()}, {}):
+        rep = topology.topology_report(lm, cls, **kwargs)
+        assert rep.correct, (cls, kwargs, rep.reasons)
+        assert rep.reasons == []
+        want_side = ARCH_SIDE[cls] if kwargs else None
+        assert rep.arch_side == want_side
+    assert rep.arch_betti == (1, 1 if cls == 2 else 0, 0)
+    assert set(rep.components.values()) == {1}
+
+
+def test_report_flags_merged_arches(phantoms: dict[int, np.ndarray]) -> None:
+    """A DAA whose two arches are segmented as one thick arch down the middle has no ring."""
+    daa = CLASS_INDEX["DAA"]
+    lm = phantoms[daa].copy()
+    lm[(lm == L["AO"]) & (GRID[2] >= 42)] = 0
+    merged = np.zeros_like(lm)
+    _tube(merged, [(36, 42, 40), (34, 36, 48), (32, 28, 48), (32, 20, 46)], 3.5, L["AO"])
+    lm[(merged > 0) & (lm != L["DAO"])] = L["AO"]
+    rep = topology.topology_report(lm, daa, trachea_x_vox=TRACHEA_X)
+    assert not rep.correct
+    assert rep.arch_betti == (1, 0, 0)
+    assert any("merged or missing arch" in r for r in rep.reasons)
+
+
+def test_report_flags_missing_left_arch_in_daa(phantoms: dict[int, np.ndarray]) -> None:
+    daa = CLASS_INDEX["DAA"]
+    lm = phantoms[daa].copy()
+    lm[(lm == L["AO"]) & (GRID[0] < 30) & (GRID[2] >= 42)] = 0  # drop the left arch
+    rep = topology.topology_report(lm, daa, trachea_x_vox=TRACHEA_X)
+    assert not rep.correct
+    assert rep.arch_betti[1] == 0
+    assert rep.arch_side == "right"
+    assert any("passes right of the trachea" in r for r in rep.reasons)
+    assert any("merged or missing arch" in r for r in rep.reasons)
+
+
+def test_report_flags_lsa_on_wrong_vessel(phantoms: dict[int, np.ndarray]) -> None:
+    raa = CLASS_INDEX["RAA"]
+    lm = phantoms[raa].copy()
+    lm[lm == L["LSA"]] = 0
+    _tube(lm, [(38, 33, 49), (40, 33, 60)], 1.5, L["LSA"])  # LSA from the (right) arch
+    rep = topology.topology_report(lm, raa, trachea_x_vox=TRACHEA_X)
+    assert not rep.correct
+    assert (L["AO"], L["LSA"]) in rep.extra_contacts
+    assert (L["DAO"], L["LSA"]) in rep.missing_contacts
+    assert any("extra contact AO–LSA" in r for r in rep.reasons)
+    # an LSA touching both AO and DAO closes an extra loop in the ring
+    lm2 = phantoms[raa].copy()
+    _tube(lm2, [(24, 18.5, 47), (36, 22, 47)], 1.2, L["LSA"])
+    assert (L["AO"], L["LSA"]) in topology.adjacency_graph(lm2)
+    rep2 = topology.topology_report(lm2, raa)
+    assert not rep2.correct and rep2.ring_betti[1] == 1
+
+
+def test_report_extra_fragment_and_tiny_fragment(phantoms: dict[int, np.ndarray]) -> None:
+    coa = CLASS_INDEX["CoA"]
+    lm = phantoms[coa].copy()
+    lm[55:58, 55:58, 55:58] = L["MPA"]  # a 27-voxel island of MPA
+    rep = topology.topology_report(lm, coa)
+    assert not rep.correct
+    assert rep.components[L["MPA"]] == 2
+    assert any("MPA split into 2 pieces" in r for r in rep.reasons)
+    tiny = phantoms[coa].copy()
+    tiny[58, 58, 58] = L["MPA"]  # one stray voxel: tolerated, reported
+    rep = topology.topology_report(tiny, coa)
+    assert rep.correct, rep.reasons
+    assert rep.fragments_removed == {L["MPA"]: 1}
+    assert any("tiny fragment" in w for w in rep.warnings)
+    assert not topology.topology_report(tiny, coa, min_fragment_voxels=0).correct
+
+
+def test_report_missing_label_and_incidental_contact(phantoms: dict[int, np.ndarray]) -> None:
+    coa = CLASS_INDEX["CoA"]
+    lm = phantoms[coa].copy()
+    lm[lm == L["PV"]] = 0
+    rep = topology.topology_report(lm, coa)
+    assert not rep.correct and "PV missing" in rep.reasons
+    touching = phantoms[coa].copy()
+    _tube(touching, [(47, 40, 30), (40, 41, 30)], 1.5, L["SVC"])  # SVC bulges onto the AO
+    rep = topology.topology_report(touching, coa)
+    assert rep.extra_contacts == {(L["SVC"], L["AO"])}
+    assert rep.correct and any("extra contact" in w for w in rep.warnings)
+    assert not topology.topology_report(touching, coa, extra_contacts_fail=True).correct
+
+
+def test_report_wrong_side_coa(phantoms: dict[int, np.ndarray]) -> None:
+    """A right arch judged as CoA (left arch expected) fails on side and on LSA origin."""
+    rep = topology.topology_report(phantoms[CLASS_INDEX["RAA"]], CLASS_INDEX["CoA"],
+                                   trachea_mask=trachea())
+    assert rep.arch_side == "right"
+    assert not rep.correct
+
+
+def test_report_speed_at_64(phantoms: dict[int, np.ndarray]) -> None:
+    topology.topology_report(phantoms[2], 2, trachea_x_vox=TRACHEA_X)
+    t = time.perf_counter()
+    for cls in (0, 1, 2):
+        topology.topology_report(phantoms[cls], cls, trachea_x_vox=TRACHEA_X)
+    assert (time.perf_counter() - t) / 3 < 1.0  # budget 0.5 s, slack for a shared machine
+
+
+def test_report_row_is_flat(phantoms: dict[int, np.ndarray]) -> None:
+    rows = topology.report_table({"sub-000": topology.topology_report(phantoms[0], 0)})
+    assert rows[0]["id"] == "sub-000" and rows[0]["correct"] is True and rows[0]["class"] == "CoA"
+    assert all(isinstance(v, (str, int, bool)) for v in rows[0].values())
