@@ -37,6 +37,9 @@ lab: $(STAMP)  ## JupyterLab on the same environment (itkwidgets for 3D views)
 bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figures
 	$(PY) -m fetalcmr.bench
 
+verify: $(STAMP)  ## regenerate PROFILE from scratch and compare its tables with the committed ones
+	$(PY) -m fetalcmr.verify --profile $(PROFILE) --seed $(SEED)
+
 clean:  ## remove generated data, executed notebooks and caches (keeps .venv and figures/)
 	rm -rf data/runs .pytest_cache .ruff_cache .hypothesis
 	find . -name __pycache__ -not -path './.venv/*' -prune -exec rm -rf {} +
