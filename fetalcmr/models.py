@@ -1,0 +1,64 @@
+"""Network factories: the Attention U-Net segmenter, the DenseNet classifier and the joint pair
+(DESIGN §5). Sizes come from the profile's stage sections.
+
+>>> from fetalcmr.config import get_profile
+>>> net = make_segmenter(get_profile("smoke").segmenter)
+>>> net.out_channels
+12
+"""
+
+from __future__ import annotations
+
+import torch
+from monai.networks.nets import AttentionUnet, DenseNet, DenseNet121
+from torch import nn
+
+from fetalcmr.anatomy import N_CLASSES, N_LABELS
+from fetalcmr.config import ClassifierConfig, SegmenterConfig
+
+
+def make_segmenter(cfg: SegmenterConfig, out_channels: int = N_LABELS) -> AttentionUnet:
+    """Return a 3D MONAI ``AttentionUnet`` (1 input channel, 12 outputs) sized by ``cfg``."""
+    return AttentionUnet(spatial_dims=3, in_channels=1, out_channels=out_channels,
+                         channels=tuple(cfg.channels), strides=tuple(cfg.strides), kernel_size=3,
+                         dropout=cfg.dropout)
+
+
+def make_classifier(cfg: ClassifierConfig, in_channels: int, out_channels: int = N_CLASSES) -> nn.Module:
+    """Return a 3D MONAI ``DenseNet121`` (instance norm) or, for ``arch="small"``, a small ``DenseNet``."""
+    if cfg.arch == "densenet121":
+        return DenseNet121(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                           norm="instance", dropout_prob=cfg.dropout)
+    if cfg.arch == "small":
+        return DenseNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels,
+                        init_features=cfg.init_features, growth_rate=cfg.growth_rate,
+                        block_config=tuple(cfg.block_config), norm="instance", dropout_prob=cfg.dropout)
+    raise ValueError(f"unknown classifier arch {cfg.arch!r}; choose 'densenet121' or 'small'")
+
+
+def min_divisor(strides: tuple[int, ...]) -> int:
+    """Return the factor every spatial size must be divisible by for a U-Net with ``strides``."""
+    out = 1
+    for s in strides:
+        out *= int(s)
+    return out
+
+
+class JointNet(nn.Module):
+    """Segmenter followed by a classifier reading its softmax (and the image): returns both logits.
+
+    Gradients of the classification loss flow into the segmenter through the softmax.
+    """
+
+    def __init__(self, segmenter: nn.Module, classifier: nn.Module, with_image: bool = True) -> None:
+        super().__init__()
+        self.segmenter = segmenter
+        self.classifier = classifier
+        self.with_image = with_image
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return ``(segmentation logits [B,12,...], class logits [B,3])`` for ``image`` [B,1,...]."""
+        seg_logits = self.segmenter(image)
+        soft = torch.softmax(seg_logits.float(), dim=1)
+        cls_in = torch.cat([soft, image.to(soft.dtype)], dim=1) if self.with_image else soft
+        return seg_logits, self.classifier(cls_in)
