@@ -272,6 +272,7 @@ def test_report_flags_lsa_on_wrong_vessel(phantoms: dict[int, np.ndarray]) -> No
     assert (L["AO"], L["LSA"]) in topology.adjacency_graph(lm2)
     rep2 = topology.topology_report(lm2, raa)
     assert not rep2.correct and rep2.ring_betti[1] == 1
+    assert any("AO∪DAO∪AD∪LSA has 1 loop" in w for w in rep2.warnings)
 
 
 def test_report_extra_fragment_and_tiny_fragment(phantoms: dict[int, np.ndarray]) -> None:
@@ -325,3 +326,14 @@ def test_report_row_is_flat(phantoms: dict[int, np.ndarray]) -> None:
     rows = topology.report_table({"sub-000": topology.topology_report(phantoms[0], 0)})
     assert rows[0]["id"] == "sub-000" and rows[0]["correct"] is True and rows[0]["class"] == "CoA"
     assert all(isinstance(v, (str, int, bool)) for v in rows[0].values())
+
+
+@pytest.mark.parametrize("cls", [0, 1, 2])
+def test_report_correct_on_generated_ground_truth(cls: int) -> None:
+    """The verdict accepts the synthetic generator's ground truth of every class."""
+    synth = pytest.importorskip("fetalcmr.synth")
+    sub = synth.generate_subject(cls, seed=3, grid=48, spacing_mm=52.0 / 48)
+    for kwargs in ({"trachea_x_vox": sub.meta["trachea_x_vox"]}, {"trachea_mask": sub.trachea}):
+        rep = topology.topology_report(sub.gt, cls, **kwargs)
+        assert rep.correct, (kwargs.keys(), rep.reasons)
+        assert rep.arch_side == ARCH_SIDE[cls]
