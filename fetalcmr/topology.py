@@ -171,9 +171,10 @@ def arch_side(
 
     The arch is where the AO lies beside the trachea: with a trachea mask, the AO voxels in the
     trachea's axial slices from its centre back to 2 voxels behind its back wall (the ascending
-    aorta lies in front), compared slice by slice with the trachea centre; with only ``trachea_x_vox`` (x index of the trachea centre at
-    arch level), the posterior half of the AO's anterior–posterior extent (the ascending aorta
-    lies anterior, the arch beside and behind the trachea). Larger x is the subject's Right.
+    aorta lies in front), compared slice by slice with the trachea centre; with only
+    ``trachea_x_vox`` (x index of the trachea centre at arch level), the posterior half of the
+    AO's anterior–posterior extent (the ascending aorta lies anterior, the arch beside and
+    behind the trachea). Larger x is the subject's Right.
     Only voxels at least ``min_offset_vox`` from the trachea centre in x count (the arch passes
     *beside* the trachea; the junction with the DAO behind it is near the midline). A side counts
     when it holds ≥ ``min_fraction`` of those voxels and ≥ ``min_voxels`` (a thin left arch of a
