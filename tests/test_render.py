@@ -149,3 +149,26 @@ def test_view3d_missing_itkwidgets_says_what_to_install(monkeypatch: pytest.Monk
     with pytest.warns(UserWarning, match="pip install 'itkwidgets"):
         assert render.view3d(np.zeros((4, 4, 4))) is None
     assert "ngff-zarr==0.32.2" in capsys.readouterr().out
+
+
+def test_label_meshes_decimation_keeps_thin_vessels() -> None:
+    lm = np.zeros((40, 40, 40), np.uint8)
+    grid = np.indices(lm.shape)
+    lm[((grid[0] - 20) ** 2 + (grid[1] - 20) ** 2 <= 1) & (grid[2] > 5) & (grid[2] < 35)] = 10  # ~2.2 vox wide
+    lm[8:20, 8:20, 8:20] = 4
+    full = {m.label: m for m in render.label_meshes(lm, SPACING, decimate=0)}
+    dec = {m.label: m for m in render.label_meshes(lm, SPACING)}
+    assert set(dec) == set(full) == {4, 10}
+    for v in (4, 10):
+        assert len(dec[v].faces) < 0.75 * len(full[v].faces)
+        assert dec[v].faces.max() < len(dec[v].verts)
+        lo, hi = full[v].verts.min(axis=0), full[v].verts.max(axis=0)
+        assert np.all(dec[v].verts >= lo - 1.0) and np.all(dec[v].verts <= hi + 1.0)
+    # the thin tube spans its full length in mm
+    assert np.ptp(dec[10].verts[:, 2]) > 0.8 * 28 * SPACING[2]
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    assert doctest.testmod(render).failed == 0

@@ -337,3 +337,10 @@ def test_report_correct_on_generated_ground_truth(cls: int) -> None:
         rep = topology.topology_report(sub.gt, cls, **kwargs)
         assert rep.correct, (kwargs.keys(), rep.reasons)
         assert rep.arch_side == ARCH_SIDE[cls]
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    result = doctest.testmod(topology)
+    assert result.attempted >= 3 and result.failed == 0
