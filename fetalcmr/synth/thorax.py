@@ -1,0 +1,178 @@
+"""Structures around the great vessels: body wall, lungs with hilar branches, airways,
+oesophagus, heart, thymus, spine, ribs, liver and stomach, as a tissue-class volume.
+
+These make the synthetic image a fetal thorax rather than vessels on a blank background: the
+vessels are not the only dark tubes (heart chambers and pulmonary hilar branches are dark
+blood too) and not the only tubes (airways are bright fluid-filled tubes, ribs dark).
+All shapes are placed with the subject's scale and smooth deformation, then seen through the
+residual pose via the anatomical coordinates of the voxels.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+import numpy as np
+
+from fetalcmr.synth.geometry import Grid, Pose, Tube, catmull_rom, ellipsoid_value, rotation_z
+from fetalcmr.synth.params import SubjectParams
+
+
+class Tissue(IntEnum):
+    """Tissue classes of the synthetic thorax (intensities in :mod:`fetalcmr.synth.appearance`)."""
+
+    AMNIOTIC = 0
+    SUBCUTANEOUS = 1
+    MUSCLE = 2
+    LUNG = 3
+    MEDIASTINUM = 4
+    THYMUS = 5
+    LIVER = 6
+    STOMACH = 7
+    MYOCARDIUM = 8
+    BLOOD = 9
+    VERTEBRA = 10
+    DISC = 11
+    CSF = 12
+    CORD = 13
+    RIB = 14
+    OESOPHAGUS = 15
+    AIRWAY = 16
+
+
+def _airway_tubes(p: SubjectParams) -> tuple[list[Tube], list[tuple[np.ndarray, np.ndarray]]]:
+    """Trachea and main bronchi (placed) and the bronchus ends with directions (for branching)."""
+    tx = p.trachea_x_mm / p.scale
+    s = p.scale
+    trachea = catmull_rom(p.place(np.array([(tx, 1.2, 30), (tx, 1, 16), (tx, 1, 6), (tx, 1, 1)])),
+                          np.array([2.0, 2.0, 2.0, 1.9]) * s)
+    left = catmull_rom(p.place(np.array([(tx, 1, 1), (-6, 0, -3), (-12, -1, -7), (-18, -2, -10)])),
+                       np.array([1.6, 1.4, 1.2, 1.0]) * s)
+    right = catmull_rom(p.place(np.array([(tx, 1, 1), (5, -0.5, -2), (11, -2.5, -5), (17, -4, -8)])),
+                        np.array([1.6, 1.4, 1.2, 1.0]) * s)
+    ends = [(left.points[-1], left.points[-1] - left.points[-3]),
+            (right.points[-1], right.points[-1] - right.points[-3])]
+    return [trachea, left, right], ends
+
+
+def _tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, radius: float,
+          length: float, depth: int) -> list[Tube]:
+    """A random bifurcating tree of straight, tapering tubes (lung vessels or bronchi)."""
+    direction = direction / (np.linalg.norm(direction) + 1e-9)
+    tip = root + direction * length
+    tubes = [Tube(np.vstack([root, (root + tip) / 2 + rng.normal(0, 0.3, 3), tip]),
+                  np.array([radius, 0.9 * radius, 0.8 * radius]))]
+    if depth > 0:
+        for _ in range(2):
+            turn = rng.normal(0, 0.55, 3)
+            new_dir = direction + turn - (turn @ direction) * direction
+            tubes += _tree(rng, tip, new_dir, 0.72 * radius, 0.8 * length * rng.uniform(0.8, 1.2), depth - 1)
+    return tubes
+
+
+def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray, vessel_sdf: np.ndarray,
+                   hilar_roots: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue-class volume (uint8, :class:`Tissue`) and the trachea mask (above the carina).
+
+    ``coords`` are the voxels' anatomical coordinates, ``vessel_sdf`` the signed distance (mm)
+    to the labelled vessels (used for their soft-tissue sleeves and painted as blood last), and
+    ``hilar_roots`` the (point, direction) pairs where lung vessel trees leave the hilum.
+    """
+    s = p.scale
+    rng = np.random.default_rng(p.texture_seed)
+    x, y, z = coords
+    T = Tissue
+    tis = np.full(grid.shape, T.AMNIOTIC, dtype=np.uint8)
+    zr = z / s
+    taper = 1.0 - 0.012 * np.clip(zr - 6.0, 0.0, None)  # thoracic inlet narrows into the neck
+    c = p.place(np.array([0.0, -1.5, 0.0]))
+
+    def body(rx: float, ry: float) -> np.ndarray:
+        return ((x - c[0]) / (rx * s * taper)) ** 2 + ((y - c[1]) / (ry * s * taper)) ** 2 < 1.0
+
+    tis[body(30.0, 25.5)] = T.SUBCUTANEOUS
+    tis[body(28.8, 24.3)] = T.MUSCLE
+    cavity = body(26.5, 22.0)
+    # diaphragm: right dome higher; liver below it, stomach under the left dome
+    zd = s * (-22.0 + 4.0 * np.exp(-((x / s - 8.0) ** 2) / (2 * 9.0**2)))
+    below = cavity & (z < zd)
+    tis[cavity & ~below & (zr < 21.0)] = T.LUNG
+    tis[cavity & (zr >= 21.0)] = T.MEDIASTINUM  # neck soft tissue above the lung apices
+    tis[below] = T.LIVER
+    tis[ellipsoid_value(coords, p.place(np.array([-15.0, 2.0, -27.5])), np.array([7.0, 5.0, 4.5]) * s) < 1] = T.STOMACH
+    # mediastinum: central column behind the sternum down to the heart, vessel sleeves, thymus
+    cm = p.place(np.array([-1.0, -2.5, 0.0]))
+    column = (((x - cm[0]) / (7.5 * s)) ** 2 + ((y - cm[1]) / (8.5 * s)) ** 2 < 1.0) & (z > -14.0 * s) & cavity
+    tis[column] = T.MEDIASTINUM
+    tis[(vessel_sdf < 2.0) & cavity] = T.MEDIASTINUM
+    tis[ellipsoid_value(coords, p.place(np.array([0.0, 13.0, 9.0])), np.array([9.0, 6.5, 10.0]) * s) < 1] = T.THYMUS
+    # spine (vertebral bodies with discs, canal with CSF and cord, posterior arch), paraspinal muscle
+    sp = p.place(np.array([0.0, -16.0, 0.0]))
+    sy = sp[1] - 0.004 * z**2 / s  # gentle curvature
+    tis[((x - sp[0]) / (10.0 * s)) ** 2 + ((y - sy + 5.5 * s) / (7.0 * s)) ** 2 < 1.0] = T.MUSCLE
+    vb = ((x - sp[0]) / (5.0 * s)) ** 2 + ((y - sy) / (4.0 * s)) ** 2 < 1.0
+    disc = np.mod(zr + rng.uniform(0, 3.8), 3.8) < 0.9
+    tis[vb] = T.VERTEBRA
+    tis[vb & disc] = T.DISC
+    rc = np.sqrt((x - sp[0]) ** 2 + (y - sy + 6.5 * s) ** 2)
+    tis[(rc < 3.9 * s) & ~vb] = T.VERTEBRA
+    tis[rc < 2.5 * s] = T.CSF
+    tis[rc < 1.0 * s] = T.CORD
+    # ribs: curved tubes in the chest wall, sloping down anteriorly
+    rib_sdf = grid.empty_sdf()
+    for k in range(8):
+        z0 = -21.0 + 5.5 * k + rng.normal(0, 0.4)
+        for side in (-1.0, 1.0):
+            th = np.deg2rad(np.linspace(-80.0, 45.0, 9))
+            pts = np.stack([side * 27.5 * np.cos(th) * (1 - 0.012 * max(z0 - 6, 0)),
+                            -1.5 + 23.2 * np.sin(th) * (1 - 0.012 * max(z0 - 6, 0)),
+                            z0 - 3.0 * (th - th[0]) / (th[-1] - th[0])], axis=1)
+            grid.paint_tube_sdf(rib_sdf, catmull_rom(p.place(pts), np.full(len(pts), 0.8 * s), 2.0), pose)
+    tis[rib_sdf < 0] = T.RIB
+    # heart: myocardium with four blood-filled chambers, pericardial soft tissue around it
+    h_c, h_r, h_rot = p.place(np.array([-3.0, 10.0, -18.0])), np.array([14.0, 11.0, 9.5]) * s, rotation_z(135.0)
+    tis[ellipsoid_value(coords, h_c, h_r + 1.2 * s, h_rot) < 1] = T.MEDIASTINUM
+    heart = ellipsoid_value(coords, h_c, h_r, h_rot) < 1
+    tis[heart] = T.MYOCARDIUM
+    inner = ellipsoid_value(coords, h_c, h_r - 1.5 * s, h_rot) < 1
+    for centre, radii in (((0.5, 15.0, -18.0), (5.5, 4.0, 6.5)), ((-8.0, 8.5, -19.0), (5.0, 4.5, 6.5)),
+                          ((7.5, 7.0, -15.0), (5.0, 4.5, 5.5)), ((-2.0, 1.5, -14.0), (6.5, 3.5, 4.0))):
+        tis[(ellipsoid_value(coords, p.place(np.array(centre)), np.array(radii) * s) < 1) & inner] = T.BLOOD
+    # oesophagus behind the trachea
+    tx = p.trachea_x_mm / p.scale
+    oes_sdf = grid.empty_sdf()
+    oes = catmull_rom(p.place(np.array([(tx - 1.0, -3.6, 30), (tx - 1.2, -3.8, 10), (tx - 1.5, -4.0, -8),
+                                        (tx - 2.5, -3.5, -30)])), np.full(4, 1.6 * s), 1.5)
+    grid.paint_tube_sdf(oes_sdf, oes, pose)
+    tis[oes_sdf < 0] = T.OESOPHAGUS
+    # airways (bright fluid) with a thin wall; bronchial and vascular trees in the lungs
+    air_tubes, bronchus_ends = _airway_tubes(p)
+    air_sdf = grid.empty_sdf()
+    for tube in air_tubes:
+        grid.paint_tube_sdf(air_sdf, tube, pose, pad_mm=1.0)
+    trachea_sdf = grid.empty_sdf()
+    grid.paint_tube_sdf(trachea_sdf, air_tubes[0], pose)
+    trachea = trachea_sdf < 0
+    lung = tis == T.LUNG
+    lung_air = grid.empty_sdf()
+    for root, direction in bronchus_ends:
+        for tube in _tree(rng, root, direction + rng.normal(0, 0.3, 3), 0.9 * s, 6.0 * s, 2):
+            grid.paint_tube_sdf(lung_air, tube, pose, min_radius=0.35)
+    lung_vessels = grid.empty_sdf()
+    roots = list(hilar_roots) + [(p.place(np.array([side * 15.0, 2.0, 9.0])), np.array([side * 0.6, 0.1, 1.0]))
+                                 for side in (-1.0, 1.0)]
+    roots += [(p.place(np.array([side * 15.0, -5.0, -16.0])), np.array([side * 0.7, -0.4, -0.6]))
+              for side in (-1.0, 1.0)]
+    for root, direction in roots:
+        for _ in range(2):
+            d = direction / np.linalg.norm(direction) + rng.normal(0, 0.35, 3)
+            for tube in _tree(rng, root, d, 1.0 * s, 6.5 * s, 2):
+                grid.paint_tube_sdf(lung_vessels, tube, pose, min_radius=0.35)
+    tis[(air_sdf < 0.6 * s) & ~lung] = T.MEDIASTINUM
+    tis[(air_sdf < 0.5 * s) & lung] = T.MEDIASTINUM
+    tis[air_sdf < 0] = T.AIRWAY
+    tis[(lung_air < 0.35 * s) & lung] = T.MEDIASTINUM
+    tis[(lung_air < 0) & lung] = T.AIRWAY
+    tis[(lung_vessels < 0) & lung] = T.BLOOD
+    tis[vessel_sdf < 0] = T.BLOOD
+    return tis, trachea
