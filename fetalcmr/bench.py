@@ -92,9 +92,40 @@ def bench_topology(work: Path) -> list[Row]:
             Row("topology", "Betti numbers of the vessel mask, 64³", betti, "s")]
 
 
+def bench_render(work: Path) -> list[Row]:
+    """Static surface renders per subject and the offline gallery for the default test set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from fetalcmr.config import get_profile
+    from fetalcmr.gallery import write_gallery
+    from fetalcmr.render import render_surfaces
+    from fetalcmr.synth import generate_subject
+
+    cfg = get_profile("default").cohort
+    spacing = (cfg.spacing_mm,) * 3
+    subjects = [generate_subject(c % 3, seed=20 + c, grid=cfg.grid, spacing_mm=cfg.spacing_mm) for c in range(3)]
+
+    def render(gt):
+        fig = render_surfaces(gt, spacing)
+        fig.canvas.draw()
+        plt.close(fig)
+
+    per = max(timed(lambda s=s: render(s.gt))[0] for s in subjects)
+    n_test = round(cfg.n_subjects * cfg.split_fractions[2])
+    cases = [{"id": f"case-{i:03d}", "labelmaps": {m: subjects[i % 3].gt for m in ("truth", "LP", "separate", "joint")},
+              "spacing_mm": spacing} for i in range(n_test)]
+    gallery = timed(lambda: write_gallery(work / "gallery", cases))[0]
+    return [Row("render", "3-view surface render per subject, 64³", per, "s"),
+            Row("render", f"offline gallery, {n_test} subjects × truth + 3 methods", gallery, "s", 60.0)]
+
+
 SECTIONS: dict[str, Callable[[Path], list[Row]]] = {
     "synth": bench_synth,
     "topology": bench_topology,
+    "render": bench_render,
 }
 
 
