@@ -1,0 +1,196 @@
+"""Classifier inputs (1/12/13 channels), the smallest grid, softmax caching, a tiny experiment and
+its tables, and the benchmark's keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fetalcmr.classification import (
+    INPUT_KINDS,
+    GridPool,
+    InputSelect,
+    benchmark,
+    build_classifier,
+    classification_samples,
+    confusion_cases,
+    input_channels,
+    load_softmax,
+    min_classifier_grid,
+    per_class_table,
+    pooled_confusion,
+    pooled_reliability,
+    run_experiments,
+    run_scores,
+    save_softmax,
+    segmenter_softmax,
+    stack_inputs,
+    summary_table,
+)
+from fetalcmr.config import ClassifierConfig, SegmenterConfig
+from fetalcmr.models import make_segmenter
+
+TINY = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), dropout=0.0,
+                        epochs=2, batch_size=3, lr=1e-3, seeds=(0, 1), aug_prob=0.3, grid=8)
+
+
+def _channel_coded(n: int = 2, grid: int = 8) -> torch.Tensor:
+    """Input whose channel c holds the value c everywhere."""
+    return torch.arange(13, dtype=torch.float32).view(1, 13, 1, 1, 1).expand(n, 13, grid, grid, grid).clone()
+
+
+@pytest.mark.parametrize(("kind", "channels"), [("image", [12]), ("softmax", list(range(12))),
+                                                ("softmax+image", list(range(13)))])
+def test_input_assembly_gives_1_12_13_channels(kind: str, channels: list[int]) -> None:
+    assert input_channels(kind) == len(channels)
+    out = InputSelect(kind)(_channel_coded())
+    assert out.shape[1] == len(channels)
+    assert out[0, :, 0, 0, 0].tolist() == channels  # the image is the last channel, softmax first
+    # the network built for the kind has a first convolution with that many input channels
+    net = build_classifier(TINY, kind)
+    conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.in_channels == len(channels)
+
+
+def test_stack_inputs_puts_softmax_before_image() -> None:
+    samples = [{"extra": np.full((12, 4, 4, 4), 0.5, np.float32), "image": np.full((1, 4, 4, 4), 7.0, np.float32)}]
+    x = stack_inputs(samples)
+    assert x.shape == (1, 13, 4, 4, 4) and float(x[0, 12].mean()) == 7.0 and float(x[0, :12].mean()) == 0.5
+
+
+def test_unknown_kind_and_wrong_channel_count_raise() -> None:
+    with pytest.raises(ValueError, match="unknown classifier input"):
+        input_channels("mask")
+    with pytest.raises(ValueError, match="13"):
+        InputSelect("image")(torch.zeros(1, 12, 4, 4, 4))
+
+
+@pytest.mark.parametrize("cfg", [TINY, ClassifierConfig(arch="small", init_features=4, growth_rate=4,
+                                                        block_config=(2, 2, 2), grid=None)])
+def test_forward_on_the_smallest_allowed_grid(cfg: ClassifierConfig) -> None:
+    torch.manual_seed(0)
+    g = min_classifier_grid(cfg)
+    for kind in INPUT_KINDS:
+        net = build_classifier(cfg, kind).train()
+        out = net(torch.rand(2, 13, g, g, g))
+        assert out.shape == (2, 3) and torch.isfinite(out).all()
+        out.sum().backward()
+
+
+def test_min_grid_follows_the_densenet_depth() -> None:
+    assert min_classifier_grid(ClassifierConfig(arch="densenet121")) == 64  # DESIGN §4: 48 fails
+    assert min_classifier_grid(ClassifierConfig(arch="small", block_config=(4, 8, 8))) == 32
+    with pytest.raises(ValueError, match="below the smallest grid"):
+        build_classifier(ClassifierConfig(arch="small", block_config=(4, 8, 8), grid=16), "image")
+
+
+@settings(max_examples=10, deadline=None)
+@given(st.sampled_from([8, 16]), st.integers(1, 3))
+def test_grid_pool_is_average_pooling(grid: int, factor: int) -> None:
+    x = torch.rand(1, 2, grid * factor, grid * factor, grid * factor)
+    pooled = GridPool(grid)(x)
+    assert pooled.shape[2:] == (grid,) * 3
+    torch.testing.assert_close(pooled, torch.nn.functional.avg_pool3d(x, factor))
+    assert float(pooled.mean()) == pytest.approx(float(x.mean()), rel=1e-5)
+
+
+def _samples(n: int, size: int = 16, seed: int = 0) -> list[dict[str, Any]]:
+    """Image samples whose class is visible: a dark tube left (0), right (1) or both sides (2)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        label = i % 3
+        img = rng.normal(1.0, 0.05, (1, size, size, size)).astype(np.float32)
+        if label in (0, 2):
+            img[0, 2:5, 6:9, 2:-2] = 0.1
+        if label in (1, 2):
+            img[0, -5:-2, 6:9, 2:-2] = 0.1
+        out.append({"id": f"sub-{seed}{i:02d}", "image": img, "label": label, "affine": np.eye(4)})
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_split() -> dict[str, list[dict[str, Any]]]:
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    seg = make_segmenter(SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.0))
+    raw = {"training": _samples(9, seed=1), "validation": _samples(3, seed=2), "testing": _samples(6, seed=3)}
+    soft = segmenter_softmax(seg, [s for v in raw.values() for s in v], grid=TINY.grid, progress=False)
+    return {k: classification_samples(v, soft, grid=TINY.grid) for k, v in raw.items()}
+
+
+def test_segmenter_softmax_is_a_distribution_on_the_classifier_grid(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    seg = make_segmenter(SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.0))
+    samples = _samples(2)
+    soft = segmenter_softmax(seg, samples, grid=8, progress=False)
+    assert set(soft) == {s["id"] for s in samples}
+    for v in soft.values():
+        assert v.shape == (12, 8, 8, 8) and v.dtype == np.float32
+        np.testing.assert_allclose(v.sum(0), 1.0, atol=1e-5)
+    save_softmax(tmp_path / "soft.npz", soft)
+    back = load_softmax(tmp_path / "soft.npz")
+    for k in soft:
+        np.testing.assert_allclose(back[k], soft[k], atol=1e-3)  # stored as float16
+    with pytest.raises(KeyError, match="no segmenter softmax"):
+        classification_samples(_samples(1, seed=9), soft, grid=8)
+
+
+def test_classification_samples_hold_pooled_image_and_softmax(tiny_split: dict[str, Any]) -> None:
+    s = tiny_split["training"][0]
+    assert s["image"].shape == (1, 8, 8, 8) and s["extra"].shape == (12, 8, 8, 8)
+    assert "gt" not in s and set(s) == {"id", "image", "extra", "label"}
+
+
+def test_experiment_tables(tiny_split: dict[str, Any], tmp_path: Path) -> None:
+    runs = run_experiments(TINY, tiny_split["training"], tiny_split["validation"], tiny_split["testing"],
+                           tmp_path, kinds=("image", "softmax+image"), data_key="k", progress=False)
+    assert [(r.kind, r.seed) for r in runs] == [("image", 0), ("image", 1), ("softmax+image", 0),
+                                                ("softmax+image", 1)]
+    assert all(r.train_seconds > 0 and r.infer_seconds_per_subject > 0 for r in runs)
+    preds = __import__("pandas").concat([r.predictions for r in runs])
+    assert len(preds) == 4 * 6
+    np.testing.assert_allclose(preds[["p0", "p1", "p2"]].sum(1), 1.0, atol=1e-5)
+    scores = run_scores(preds)
+    assert len(scores) == 4 and scores["balanced_accuracy"].between(0, 1).all()
+    summary = summary_table(runs)
+    assert summary["input"].tolist() == ["image", "softmax+image"] and summary["channels"].tolist() == [1, 13]
+    img = scores[scores["kind"] == "image"]["balanced_accuracy"]
+    assert summary.loc[0, "bacc_mean"] == pytest.approx(img.mean())
+    assert summary.loc[0, "balanced_accuracy"] == f"{img.mean():.2f} ({img.std(ddof=1):.2f})"
+    per_class = per_class_table(preds)
+    assert len(per_class) == 2 * 3 and per_class["support"].tolist() == [2] * 6
+    cm = pooled_confusion(preds, "image")
+    assert cm.sum() == 12 and cm.sum(1).tolist() == [4, 4, 4]
+    assert pooled_reliability(preds, "image")["count"].sum() == 12
+    items = [{"id": s["id"], "label": s["label"], "meta": {"daa_minor_ratio": 0.3 if s["label"] == 2 else None}}
+             for s in tiny_split["testing"]]
+    cases = confusion_cases(preds, items)
+    wrong = int((preds["label"] != preds["pred"]).sum())
+    assert cases["predictions"].sum() == wrong if wrong else cases.empty
+    # a second call loads the finished runs instead of training again
+    again = run_experiments(TINY, tiny_split["training"], tiny_split["validation"], tiny_split["testing"],
+                            tmp_path, kinds=("image",), seeds=(0,), data_key="k", progress=False)
+    np.testing.assert_allclose(again[0].predictions[["p0", "p1", "p2"]], runs[0].predictions[["p0", "p1", "p2"]],
+                               atol=1e-6)
+
+
+def test_benchmark_reports_every_input_type() -> None:
+    calls: list[tuple[int, ...]] = []
+
+    def fake_timer(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[float, float]:
+        calls.append(tuple(x.shape))
+        assert model(x).shape == (x.shape[0], 3)
+        return 0.5, 0.1
+
+    out = benchmark("smoke", timer=fake_timer)
+    assert out["profile"] == "smoke" and out["arch"] == "small"
+    for kind in INPUT_KINDS:
+        assert out[kind]["train_s_per_sample"] == 0.5 and out[kind]["infer_s_per_sample"] == 0.1
+    assert len(calls) == 3 and calls[0][1] == 13
