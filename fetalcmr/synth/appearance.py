@@ -54,14 +54,22 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: f
     return (big / (big.std() + 1e-6)).astype(np.float32)
 
 
-def render_image(tissue: np.ndarray, p: SubjectParams, spacing: float) -> np.ndarray:
-    """Raw float32 image from a tissue-class volume: intensities, PSF, bias, noise, gain."""
+def render_image(tissue: np.ndarray, p: SubjectParams, spacing: float,
+                 overlays: list[tuple[np.ndarray, Tissue]] = ()) -> np.ndarray:
+    """Raw float32 image from a tissue-class volume: intensities, PSF, bias, noise, gain.
+
+    ``overlays`` are partial-volume fractions of thin structures (lung vessels, bronchi)
+    blended over the lung after its texture.
+    """
     rng = np.random.default_rng([p.texture_seed, 1])
     a = p.appearance
     img = tissue_lut(p)[tissue]
     lung = tissue == Tissue.LUNG
     texture = _smooth_field(rng, tissue.shape, 3.0 / spacing)
     img[lung] *= 1.0 + a["lung_texture"] * texture[lung]
+    lut = tissue_lut(p)
+    for fraction, kind in overlays:
+        img += fraction * (lut[kind] - img)
     psf = a["psf_sigma_mm"] * (1.6 if p.noise_free else 1.0)  # an atlas is an average: smoother
     img = ndimage.gaussian_filter(img, psf / spacing, truncate=3.0)
     if not p.noise_free:

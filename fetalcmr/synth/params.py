@@ -37,7 +37,7 @@ APPEARANCE_RANGES: dict[str, tuple[float, float]] = {
     "muscle": (0.25, 0.35),
     "subcutaneous": (0.45, 0.60),
     "liver": (0.32, 0.38),
-    "vertebra": (0.45, 0.58),
+    "vertebra": (0.45, 0.55),
     "disc": (0.70, 0.85),
     "csf": (1.12, 1.22),
     "cord": (0.40, 0.50),

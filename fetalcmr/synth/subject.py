@@ -1,8 +1,8 @@
 """One synthetic subject: image, true vessel labels, manual mask, trachea and metadata.
 
->>> s = generate_subject(2, seed=0, grid=32, spacing_mm=1.625)
+>>> s = generate_subject(2, seed=0, grid=48, spacing_mm=52 / 48)
 >>> s.gt.shape, s.meta["arch_side"]
-((32, 32, 32), 'both')
+((48, 48, 48), 'both')
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ class Subject:
     meta: dict[str, Any]
     affine: np.ndarray  # voxel-to-world (RAS, diagonal spacing, centred)
     params: SubjectParams
+    tissue: np.ndarray  # uint8 tissue classes (thorax.Tissue), for checks and figures; not written
 
 
 def label_problems(gt: np.ndarray, trachea: np.ndarray, cls: int) -> list[str]:
@@ -81,8 +82,8 @@ def render_subject(p: SubjectParams, grid: int, spacing_mm: float, *, with_binar
     for label, index in hilum:
         pts = tree.tubes[label][index].points
         roots.append((pts[-1], pts[-1] - pts[-3]))
-    tissues, trachea = thorax_tissues(p, g, pose, g.anatomical_coords(pose), vessel_sdf, roots)
-    image = render_image(tissues, p, spacing_mm)
+    tissues, trachea, overlays = thorax_tissues(p, g, pose, g.anatomical_coords(pose), vessel_sdf, roots)
+    image = render_image(tissues, p, spacing_mm, overlays)
     cuts: dict[str, float] = {}
     if with_binary:
         binary, cuts = manual_mask(gt, tree.tubes, g, pose, np.random.default_rng([p.texture_seed, 2]))
@@ -112,7 +113,7 @@ def render_subject(p: SubjectParams, grid: int, spacing_mm: float, *, with_binar
     if with_binary:
         meta["binary_cut_fraction"] = cuts
     return Subject(image=image, gt=gt, binary=binary, trachea=trachea.astype(np.uint8), meta=meta,
-                   affine=g.affine, params=p)
+                   affine=g.affine, params=p, tissue=tissues)
 
 
 def generate_subject(cls: int, seed: int, grid: int = 64, spacing_mm: float = 0.8, *,

@@ -71,8 +71,10 @@ def _tree(rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, rad
 
 
 def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray, vessel_sdf: np.ndarray,
-                   hilar_roots: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
-    """Tissue-class volume (uint8, :class:`Tissue`) and the trachea mask (above the carina).
+                   hilar_roots: list[tuple[np.ndarray, np.ndarray]]
+                   ) -> tuple[np.ndarray, np.ndarray, list[tuple[np.ndarray, Tissue]]]:
+    """Tissue-class volume (uint8, :class:`Tissue`), the trachea mask (above the carina) and
+    partial-volume overlays ``(fraction, tissue)`` for the thin lung vessels and bronchi.
 
     ``coords`` are the voxels' anatomical coordinates, ``vessel_sdf`` the signed distance (mm)
     to the labelled vessels (used for their soft-tissue sleeves and painted as blood last), and
@@ -102,9 +104,10 @@ def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray,
     tis[ellipsoid_value(coords, p.place(np.array([-15.0, 2.0, -27.5])), np.array([7.0, 5.0, 4.5]) * s) < 1] = T.STOMACH
     # mediastinum: central column behind the sternum down to the heart, vessel sleeves, thymus
     cm = p.place(np.array([-1.0, -2.5, 0.0]))
-    column = (((x - cm[0]) / (7.5 * s)) ** 2 + ((y - cm[1]) / (8.5 * s)) ** 2 < 1.0) & (z > -14.0 * s) & cavity
+    column = (((x - cm[0]) / (6.0 * s)) ** 2 + ((y - cm[1]) / (7.0 * s)) ** 2 < 1.0) & (z > -14.0 * s) & cavity
     tis[column] = T.MEDIASTINUM
-    tis[(vessel_sdf < 2.0) & cavity] = T.MEDIASTINUM
+    central = np.abs(x - cm[0]) < 10.0 * s  # vessels have a soft-tissue sleeve in the mediastinum, not in the lung
+    tis[(vessel_sdf < 1.5 * s) & cavity & central] = T.MEDIASTINUM
     tis[ellipsoid_value(coords, p.place(np.array([0.0, 13.0, 9.0])), np.array([9.0, 6.5, 10.0]) * s) < 1] = T.THYMUS
     # spine (vertebral bodies with discs, canal with CSF and cord, posterior arch), paraspinal muscle
     sp = p.place(np.array([0.0, -16.0, 0.0]))
@@ -156,23 +159,27 @@ def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray,
     lung = tis == T.LUNG
     lung_air = grid.empty_sdf()
     for root, direction in bronchus_ends:
-        for tube in _tree(rng, root, direction + rng.normal(0, 0.3, 3), 0.9 * s, 6.0 * s, 2):
-            grid.paint_tube_sdf(lung_air, tube, pose, min_radius=0.35)
+        for _ in range(2):
+            d = direction / np.linalg.norm(direction) + rng.normal(0, 0.4, 3)
+            for tube in _tree(rng, root, d, 0.8 * s, 6.0 * s, 2):
+                grid.paint_tube_sdf(lung_air, tube, pose, pad_mm=grid.spacing)
     lung_vessels = grid.empty_sdf()
-    roots = list(hilar_roots) + [(p.place(np.array([side * 15.0, 2.0, 9.0])), np.array([side * 0.6, 0.1, 1.0]))
-                                 for side in (-1.0, 1.0)]
-    roots += [(p.place(np.array([side * 15.0, -5.0, -16.0])), np.array([side * 0.7, -0.4, -0.6]))
-              for side in (-1.0, 1.0)]
+    roots = list(hilar_roots)
+    for side in (-1.0, 1.0):  # upper, middle and lower lobe vessels leaving the hilum
+        roots += [(p.place(np.array([side * 13.0, 1.0, 4.0])), np.array([side * 0.5, 0.2, 1.0])),
+                  (p.place(np.array([side * 14.0, 6.0, -6.0])), np.array([side * 0.6, 1.0, 0.1])),
+                  (p.place(np.array([side * 14.0, -5.0, -14.0])), np.array([side * 0.7, -0.4, -0.6]))]
     for root, direction in roots:
         for _ in range(2):
             d = direction / np.linalg.norm(direction) + rng.normal(0, 0.35, 3)
-            for tube in _tree(rng, root, d, 1.0 * s, 6.5 * s, 2):
-                grid.paint_tube_sdf(lung_vessels, tube, pose, min_radius=0.35)
+            for tube in _tree(rng, root, d, 0.9 * s, 6.5 * s, 3):
+                grid.paint_tube_sdf(lung_vessels, tube, pose, pad_mm=grid.spacing)
     tis[(air_sdf < 0.6 * s) & ~lung] = T.MEDIASTINUM
     tis[(air_sdf < 0.5 * s) & lung] = T.MEDIASTINUM
     tis[air_sdf < 0] = T.AIRWAY
-    tis[(lung_air < 0.35 * s) & lung] = T.MEDIASTINUM
-    tis[(lung_air < 0) & lung] = T.AIRWAY
-    tis[(lung_vessels < 0) & lung] = T.BLOOD
     tis[vessel_sdf < 0] = T.BLOOD
-    return tis, trachea
+    lung = tis == T.LUNG
+    h = grid.spacing
+    overlays = [(np.where(lung, np.clip(0.5 - lung_air / h, 0.0, 1.0), 0.0).astype(np.float32), T.AIRWAY),
+                (np.where(lung, np.clip(0.5 - lung_vessels / h, 0.0, 1.0), 0.0).astype(np.float32), T.BLOOD)]
+    return tis, trachea, overlays

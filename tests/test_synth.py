@@ -1,0 +1,224 @@
+"""Synthetic cohort: class anatomy and topology, determinism, appearance, manual masks, atlases,
+cohort split and caching (fetalcmr.synth)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+
+from fetalcmr.anatomy import ARCH_LOOPS, ARCH_SIDE, CLASSES, EXPECTED_CONTACTS, LABEL_INDEX, N_LABELS
+from fetalcmr.config import CohortConfig, get_profile
+from fetalcmr.dataset import SPLITS
+from fetalcmr.synth import build_atlas, generate_cohort, generate_subject, plan_cohort
+from fetalcmr.synth.cohort import allocate
+from fetalcmr.synth.geometry import Grid, Pose, Tube
+from fetalcmr.synth.params import COA_RATIO_RANGE, DAA_RATIO_RANGE, GA_RANGE
+from fetalcmr.synth.thorax import Tissue
+from fetalcmr.synth.vessels import vessel_tree
+from fetalcmr.topology import adjacency_graph, arch_side, betti_numbers, components_per_label
+from fetalcmr.validate import validate_dataset
+
+AO, DAO, LSA = LABEL_INDEX["AO"], LABEL_INDEX["DAO"], LABEL_INDEX["LSA"]
+DEFAULT = get_profile("default").cohort  # 64³ at 0.8 mm
+SMALL = (40, 1.3)  # same ~52 mm field of view, for the cheaper checks
+
+
+@pytest.fixture(scope="module")
+def subjects():
+    """One subject per class at the default grid (seeds chosen arbitrarily, not tuned)."""
+    return {cls: generate_subject(cls, seed=100 + cls, grid=DEFAULT.grid, spacing_mm=DEFAULT.spacing_mm)
+            for cls in CLASSES}
+
+
+@pytest.mark.parametrize("cls", list(CLASSES))
+def test_every_label_present_once(subjects, cls):
+    comps = components_per_label(subjects[cls].gt, range(1, N_LABELS))
+    assert comps == {label: 1 for label in range(1, N_LABELS)}
+
+
+@pytest.mark.parametrize("cls", list(CLASSES))
+def test_contacts_equal_class_template(subjects, cls):
+    assert adjacency_graph(subjects[cls].gt) == set(EXPECTED_CONTACTS[cls])
+
+
+@pytest.mark.parametrize("cls", list(CLASSES))
+def test_arch_loops(subjects, cls):
+    b0, b1, _ = betti_numbers(np.isin(subjects[cls].gt, (AO, DAO)))
+    assert (b0, b1) == (1, ARCH_LOOPS[cls])
+
+
+@pytest.mark.parametrize("cls", list(CLASSES))
+def test_arch_side_relative_to_trachea(subjects, cls):
+    sub = subjects[cls]
+    assert arch_side(sub.gt, trachea_mask=sub.trachea.astype(bool)) == ARCH_SIDE[cls]
+    # independent check with the metadata: AO voxels beside the trachea at arch level
+    tx = sub.meta["trachea_x_vox"]
+    z0 = int(round(sub.meta["landmarks_vox"]["arch_level"][2]))
+    ty = np.nonzero(sub.trachea[:, :, z0])[1]
+    band = sub.gt[:, ty.min():ty.max() + 1, z0 - 3:z0 + 4] == AO
+    x = np.nonzero(band)[0]
+    right, left = int((x > tx + 2).sum()), int((x < tx - 2).sum())
+    expected = {"left": (False, True), "right": (True, False), "both": (True, True)}[ARCH_SIDE[cls]]
+    assert (right > 0, left > 0) == expected
+    if cls == 2:  # double arch: the right arch is dominant
+        assert right >= left
+
+
+def test_raa_lsa_arises_from_dao(subjects):
+    graph = adjacency_graph(subjects[1].gt)
+    assert (DAO, LSA) in graph and (AO, LSA) not in graph
+    assert (AO, LSA) in adjacency_graph(subjects[0].gt)
+
+
+def test_shape_parameters_in_range(subjects):
+    for cls, sub in subjects.items():
+        assert GA_RANGE[0] <= sub.meta["ga_weeks"] <= GA_RANGE[1]
+        assert sub.meta["arch_side"] == ARCH_SIDE[cls]
+        assert 0 <= sub.meta["trachea_x_vox"] < DEFAULT.grid
+    assert COA_RATIO_RANGE[0] <= subjects[0].meta["coa_isthmus_ratio"] <= COA_RATIO_RANGE[1]
+    assert DAA_RATIO_RANGE[0] <= subjects[2].meta["daa_minor_ratio"] <= DAA_RATIO_RANGE[1]
+
+
+def test_coa_isthmus_is_narrowed(subjects):
+    sub = subjects[0]
+    p = sub.params
+    ao = vessel_tree(p).tubes[AO][0]
+
+    def radius_at(point: np.ndarray) -> float:
+        return float(ao.radii[np.argmin(np.linalg.norm(ao.points - p.place(point), axis=1))])
+
+    from fetalcmr.synth.vessels import _LEFT_ARCH  # the isthmus and transverse-arch control points
+    ratio = radius_at(_LEFT_ARCH[4]) / radius_at(_LEFT_ARCH[2])
+    assert ratio == pytest.approx(sub.meta["coa_isthmus_ratio"], abs=1e-3)
+    # on the voxels: the distance to the AO boundary is smaller at the isthmus than mid-arch
+    dt = ndimage.distance_transform_edt(sub.gt == AO)
+    marks = sub.meta["landmarks_vox"]
+
+    def depth(name: str) -> float:
+        i, j, k = (int(round(c)) for c in marks[name])
+        return float(dt[i - 1:i + 2, j - 1:j + 2, k - 1:k + 2].max())
+
+    assert depth("isthmus") <= depth("transverse")
+
+
+def test_same_seed_identical_different_seed_differs():
+    a = generate_subject(1, seed=7, grid=SMALL[0], spacing_mm=SMALL[1])
+    b = generate_subject(1, seed=7, grid=SMALL[0], spacing_mm=SMALL[1])
+    c = generate_subject(1, seed=8, grid=SMALL[0], spacing_mm=SMALL[1])
+    for key in ("image", "gt", "binary", "trachea"):
+        assert np.array_equal(getattr(a, key), getattr(b, key))
+    assert a.meta == b.meta
+    assert not np.array_equal(a.image, c.image) and not np.array_equal(a.gt, c.gt)
+
+
+def test_volume_geometry(subjects):
+    sub = subjects[0]
+    assert sub.image.dtype == np.float32 and sub.gt.dtype == np.uint8
+    assert sub.image.shape == sub.gt.shape == sub.binary.shape == sub.trachea.shape == (DEFAULT.grid,) * 3
+    assert np.allclose(np.diag(sub.affine)[:3], DEFAULT.spacing_mm)
+    centre = sub.affine @ np.r_[(np.array(sub.image.shape) - 1) / 2, 1.0]
+    assert np.allclose(centre[:3], 0.0)
+    assert 48.0 <= DEFAULT.grid * DEFAULT.spacing_mm <= 56.0
+    assert np.isfinite(sub.image).all() and sub.image.min() >= 0
+
+
+@pytest.mark.parametrize("cls", list(CLASSES))
+def test_intensities_relative_to_lung(subjects, cls):
+    """Median intensity of each tissue's core, relative to lung, within DESIGN §6 ranges."""
+    sub = subjects[cls]
+
+    def core_median(mask: np.ndarray, erode: int = 2) -> float:
+        core = ndimage.binary_erosion(mask, iterations=erode)
+        assert core.sum() > 20
+        return float(np.median(sub.image[core]))
+
+    lung = core_median(sub.tissue == Tissue.LUNG)
+    blood = core_median(np.isin(sub.gt, (AO, DAO, LABEL_INDEX["MPA"])))
+    myocardium = core_median(sub.tissue == Tissue.MYOCARDIUM, 1)
+    vertebra = core_median(sub.tissue == Tissue.VERTEBRA, 1)
+    assert 0.03 <= blood / lung <= 0.12
+    assert 0.25 <= myocardium / lung <= 0.5
+    assert 0.4 <= vertebra / lung <= 0.6
+    # residual noise: SD of the lung core after removing the smooth part, 5-12 % of lung (loosely)
+    resid = sub.image - ndimage.gaussian_filter(sub.image, 2.0)
+    noise = float(np.std(resid[ndimage.binary_erosion(sub.tissue == Tissue.LUNG, iterations=3)]))
+    assert 0.02 <= noise / lung <= 0.15
+
+
+def test_manual_mask_imperfect_but_close(subjects):
+    for sub in subjects.values():
+        truth, manual = sub.gt > 0, sub.binary.astype(bool)
+        tp = (truth & manual).sum()
+        precision, recall = tp / manual.sum(), tp / truth.sum()
+        assert 0.75 < precision < 1.0 and 0.6 < recall < 1.0
+        assert set(np.unique(sub.binary)) <= {0, 1}
+
+
+def test_atlas_is_noise_free_mean_shape(subjects):
+    params = [s.params for s in subjects.values()]
+    atlas = build_atlas(2, params, *SMALL)
+    assert adjacency_graph(atlas.labelmap) == set(EXPECTED_CONTACTS[2])
+    assert betti_numbers(np.isin(atlas.labelmap, (AO, DAO)))[1] == 1
+    assert atlas.meta["pose_rotation_deg"] == [0.0, 0.0, 0.0] and atlas.meta["noise_sd_rel_lung"] == 0.0
+    with pytest.raises(ValueError, match="no subjects"):
+        build_atlas(1, [subjects[0].params], *SMALL)
+
+
+def test_cohort_split_stratified_and_cached(tmp_path: Path):
+    cfg = CohortConfig(n_subjects=9, grid=SMALL[0], spacing_mm=SMALL[1])
+    path = generate_cohort(tmp_path / "cohort", cfg, seed=3, progress=False)
+    data = validate_dataset(path)
+    assert data["synthetic"] is True and data["spacing_mm"] == [SMALL[1]] * 3
+    items = [(s, it) for s in SPLITS for it in data[s]]
+    assert len(items) == 9 and len({it["id"] for _, it in items}) == 9
+    per_class = [sum(it["label"] == c for _, it in items) for c in CLASSES]
+    assert per_class == allocate(9, cfg.class_fractions, minimum=1)
+    for c in CLASSES:
+        n_split = [sum(it["label"] == c for it in data[s]) for s in SPLITS]
+        assert n_split == allocate(per_class[c], cfg.split_fractions, minimum=1 if per_class[c] >= 3 else 0)
+    assert [a["label"] for a in data["atlases"]] == list(CLASSES)
+    for _, it in items:
+        assert os.path.exists(it["trachea"]) and "ga_weeks" in it["meta"]
+    # a second call with the same configuration is a no-op
+    stamp = {p: p.stat().st_mtime_ns for p in (tmp_path / "cohort").rglob("*.nii.gz")}
+    raw = path.read_text()
+    assert generate_cohort(tmp_path / "cohort", cfg, seed=3, progress=False) == path
+    assert path.read_text() == raw
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cohort").rglob("*.nii.gz")} == stamp
+    assert json.loads(raw)["content_key"]
+
+
+def test_paper_cohort_plan():
+    cfg = get_profile("paper").cohort
+    plan = plan_cohort(cfg, seed=0)
+    counts = [sum(p["label"] == c for p in plan) for c in CLASSES]
+    assert len(plan) == 195 and counts[0] > counts[1] > counts[2] > 0
+    assert plan == plan_cohort(cfg, seed=0) and plan != plan_cohort(cfg, seed=1)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(0, 300), fractions=st.lists(st.floats(0.01, 1.0), min_size=2, max_size=4))
+def test_allocate_property(n, fractions):
+    counts = allocate(n, tuple(fractions), minimum=1)
+    assert sum(counts) == n and min(counts) >= 0
+    if n >= len(fractions):
+        assert min(counts) >= 1
+
+
+@settings(max_examples=15, deadline=None)
+@given(radius=st.floats(2.5, 5.0), spacing=st.floats(0.6, 1.0))
+def test_tube_volume_property(radius, spacing):
+    """A straight tube (radius ≥ 2.5 voxels) rasterises to about π r² L + a sphere of voxels."""
+    grid = Grid(int(40 / spacing), spacing)
+    sdf = grid.empty_sdf()
+    tube = Tube(np.array([[0.0, 0.0, -10.0], [0.0, 0.0, 10.0]]), np.array([radius, radius]))
+    grid.paint_tube_sdf(sdf, tube, Pose.identity())
+    expected = (np.pi * radius**2 * 20.0 + 4 / 3 * np.pi * radius**3) / spacing**3
+    assert (sdf < 0).sum() == pytest.approx(expected, rel=0.2)
