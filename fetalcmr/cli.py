@@ -53,6 +53,24 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     return runner_main(argv)
 
 
+def _cmd_infer(args: argparse.Namespace) -> int:
+    from fetalcmr.bundle import BundleError
+    from fetalcmr.infer import infer
+
+    try:
+        table = infer(args.input, args.bundle, args.out, progress=not args.quiet)
+    except BundleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    cols = [c for c in table.columns if c.startswith("p_")]
+    for _, row in table.iterrows():
+        probs = ", ".join(f"{c[2:]} {row[c]:.2f}" for c in cols)
+        verdict = "topology ok" if row["topology_correct"] else f"topology flagged: {row['topology_reasons']}"
+        print(f"{row['id']}: {row['class']} ({probs}); {verdict}")
+    print(f"label maps and predictions.csv written to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``fetalcmr`` command."""
     parser = argparse.ArgumentParser(
@@ -79,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--spacing-mm", type=float, default=None)
     p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser(
+        "infer", help="segment vessels and classify the arch anomaly of new NIfTI volumes",
+        description="Segment the 11 great vessels and classify the aortic arch anomaly (CoA, RAA, DAA) of "
+                    "thorax-cropped 3D T2w fetal MRI reconstructions, with a model bundle. Each volume may be "
+                    "in any orientation and spacing: it is resampled to the bundle's grid around its centre "
+                    "(cropped or zero-padded to the bundle's field of view), and the label map is written back "
+                    "in the volume's own grid and affine as <id>_labels.nii.gz. predictions.csv holds one row "
+                    "per volume: class, class probabilities, and whether the vessel topology matches the "
+                    "predicted class (with reasons). Exit codes: 0 done, 2 bad input (the file is named), "
+                    "3 the bundle does not match this installation. Research use only: not a medical device.",
+    )
+    p.add_argument("input", help="a .nii/.nii.gz volume, a folder of them, or a dataset.json")
+    p.add_argument("--bundle", required=True, help="model bundle folder (from `fetalcmr export` or make reproduce)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("reproduce", help="run the notebooks headlessly (what `make reproduce` does)")
     p.add_argument("--profile", default="default", choices=PROFILE_NAMES)

@@ -14,7 +14,7 @@ def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--help"])
     assert exit_.value.code == 0
     out = capsys.readouterr().out
-    for command in ("synthesise", "validate", "import-reference", "reproduce"):
+    for command in ("synthesise", "validate", "import-reference", "infer", "reproduce"):
         assert command in out
 
 

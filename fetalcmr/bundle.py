@@ -1,0 +1,151 @@
+"""Model bundles: a trained segmenter/classifier ensemble packed into one folder for inference.
+
+A bundle holds ``bundle.json`` (format version, package versions, network configurations,
+preprocessing grid, label and class maps, provenance and metrics) and one pair of weight
+files per ensemble member (``state_dict`` only, loaded with ``weights_only=True``; their
+SHA-256 is recorded and checked). :func:`load_bundle` refuses a bundle whose format or
+package version, or whose maps, do not match, saying what differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import fetalcmr
+from fetalcmr.atomic import atomic_path, write_json_atomic
+from fetalcmr.cache import file_digest
+from fetalcmr.config import ClassifierConfig, SegmenterConfig
+
+BUNDLE_FORMAT: int = 1
+BUNDLE_FILE = "bundle.json"
+
+
+class BundleError(ValueError):
+    """A bundle that cannot be used here; the message says what does not match."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle: ready-to-run joint networks and the facts needed to preprocess."""
+
+    path: Path
+    members: list[nn.Module]
+    grid: int
+    spacing_mm: float
+    labels: dict[int, str]
+    classes: dict[int, str]
+    info: dict[str, Any]
+
+
+def _major_minor(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def _package_versions() -> dict[str, str]:
+    import monai
+
+    return {"fetalcmr": fetalcmr.__version__, "torch": torch.__version__, "monai": monai.__version__}
+
+
+def _config_from(cls: type, data: dict[str, Any]) -> Any:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - fields
+    if unknown:
+        raise BundleError(f"bundle configuration has fields this version does not know: {sorted(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+def build_joint(seg_cfg: SegmenterConfig, cls_cfg: ClassifierConfig, kind: str) -> nn.Module:
+    """Return an untrained joint network (segmenter → classifier reading ``kind`` inputs)."""
+    from fetalcmr.classification import build_classifier
+    from fetalcmr.models import JointNet, make_segmenter
+
+    return JointNet(make_segmenter(seg_cfg), build_classifier(cls_cfg, kind), with_image=True)
+
+
+def export_bundle(out_dir: str | os.PathLike[str], members: list[nn.Module], *, segmenter: SegmenterConfig,
+                  classifier: ClassifierConfig, kind: str, grid: int, spacing_mm: float,
+                  labels: dict[int, str], classes: dict[int, str], provenance: dict[str, Any],
+                  metrics: dict[str, Any] | None = None) -> Path:
+    """Write ``members`` (joint networks with ``.segmenter``/``.classifier``) as a bundle; return its folder."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i, net in enumerate(members):
+        entry = {}
+        for part in ("segmenter", "classifier"):
+            name = f"member{i}_{part}.pt"
+            with atomic_path(out / name) as tmp:
+                torch.save(getattr(net, part).state_dict(), tmp)
+            entry[part] = name
+            entry[f"{part}_sha256"] = file_digest(out / name)
+        entries.append(entry)
+    write_json_atomic(out / BUNDLE_FILE, {
+        "format": BUNDLE_FORMAT,
+        "versions": _package_versions(),
+        "preprocessing": {"grid": grid, "spacing_mm": spacing_mm, "orientation": "RAS",
+                          "intensity": "z-score then min-max to 0..1",
+                          "crop_pad": "centred on the input volume's centre, zero padding"},
+        "segmenter": dataclasses.asdict(segmenter),
+        "classifier": dataclasses.asdict(classifier),
+        "classifier_input": kind,
+        "labels": {str(k): v for k, v in labels.items()},
+        "classes": {str(k): v for k, v in classes.items()},
+        "members": entries,
+        "provenance": provenance,
+        "metrics": metrics or {},
+    })
+    return out
+
+
+def load_bundle(path: str | os.PathLike[str], *, labels: dict[int, str] | None = None,
+                classes: dict[int, str] | None = None) -> Bundle:
+    """Load a bundle folder; refuse it (``BundleError``) when versions or the given maps differ."""
+    folder = Path(path)
+    meta_path = folder / BUNDLE_FILE
+    if not meta_path.exists():
+        raise BundleError(f"{folder}: not a model bundle (no {BUNDLE_FILE})")
+    try:
+        info = json.loads(meta_path.read_text())
+    except json.JSONDecodeError as err:
+        raise BundleError(f"{meta_path}: not valid JSON ({err})") from None
+    if info.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{meta_path}: bundle format {info.get('format')} but this fetalcmr reads format "
+                          f"{BUNDLE_FORMAT}; re-export the bundle with this version")
+    here = _package_versions()
+    for pkg in ("fetalcmr", "torch", "monai"):
+        theirs = str(info.get("versions", {}).get(pkg, "?"))
+        if _major_minor(theirs) != _major_minor(here[pkg]):
+            raise BundleError(f"{meta_path}: made with {pkg} {theirs}, this environment has {here[pkg]}; "
+                              f"install the bundle's versions or re-export it")
+    b_labels = {int(k): v for k, v in info["labels"].items()}
+    b_classes = {int(k): v for k, v in info["classes"].items()}
+    if labels is not None and labels != b_labels:
+        raise BundleError(f"{meta_path}: label map {b_labels} does not match the data's {labels}")
+    if classes is not None and classes != b_classes:
+        raise BundleError(f"{meta_path}: classes {b_classes} do not match the data's {classes}")
+    seg_cfg = _config_from(SegmenterConfig, info["segmenter"])
+    cls_cfg = _config_from(ClassifierConfig, info["classifier"])
+    members = []
+    for entry in info["members"]:
+        net = build_joint(seg_cfg, cls_cfg, info["classifier_input"])
+        for part in ("segmenter", "classifier"):
+            weights = folder / entry[part]
+            if not weights.exists():
+                raise BundleError(f"{weights}: weight file missing from the bundle")
+            if file_digest(weights) != entry[f"{part}_sha256"]:
+                raise BundleError(f"{weights}: checksum differs from bundle.json (corrupt or replaced)")
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+            getattr(net, part).load_state_dict(state)
+        net.eval()
+        members.append(net)
+    prep = info["preprocessing"]
+    return Bundle(folder, members, int(prep["grid"]), float(prep["spacing_mm"]), b_labels, b_classes, info)
