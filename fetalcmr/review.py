@@ -1,0 +1,524 @@
+"""Topology review across methods (notebook 05): per-subject verdicts of label propagation, the
+LP-only and LP+manual networks and joint training; correct rates with confidence intervals; a
+paired McNemar test; an expert review sheet and its agreement (Cohen's kappa) with the verdicts.
+
+Each test subject's label maps (truth where known, the LP baseline, each network's prediction)
+are brought onto the prediction's grid and judged by :func:`fetalcmr.topology.topology_report`
+against the subject's *true* class template (topology needs no ground-truth segmentation).
+
+>>> round(proportion_ci(8, 10)[0], 3), round(proportion_ci(8, 10)[1], 3)
+(0.49, 0.943)
+>>> mcnemar_exact([True, True, False, False], [True, True, True, True])["p_value"]
+0.5
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import ndimage, stats
+
+from fetalcmr.anatomy import CLASSES, LABEL_INDEX
+from fetalcmr.io import DataError, Volume, load_nifti
+from fetalcmr.topology import topology_report
+
+#: Name of the ground-truth "method" (a reference row: the checker must call every truth correct).
+TRUTH = "truth"
+#: Name of the label propagation baseline (oracle-class atlas for test subjects).
+LP = "LP"
+#: Reviewed network methods and the folder names under ``predictions_dir`` that feed them, compared
+#: after lower-casing and dropping everything but letters and digits (first folder found wins).
+METHOD_FOLDERS: dict[str, tuple[str, ...]] = {
+    "LP-only": ("lponly", "lp", "lpnet"),
+    "LP+manual": ("lpmanual", "lpbinary", "lpplusmanual", "separate"),
+    "joint": ("joint", "jointlambda14"),
+}
+#: Display order of the methods in tables and figures.
+METHOD_ORDER: tuple[str, ...] = (TRUTH, LP, "LP-only", "LP+manual", "joint")
+#: Grades accepted in the review sheet's ``expert_correct`` column.
+GRADE_VALUES: dict[str, bool] = {"1": True, "0": False, "yes": True, "no": False, "y": True, "n": False,
+                                 "true": True, "false": False, "correct": True, "incorrect": False,
+                                 "ok": True, "wrong": False}
+SHEET_COLUMNS: tuple[str, ...] = ("subject", "class", "method", "expert_correct", "expert_notes")
+
+
+def _key(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+# ----------------------------------------------------------------------------------------------
+# Cases: the label maps of one subject on one grid
+
+
+@dataclass
+class ReviewCase:
+    """One subject's label maps (``{method: [x, y, z] array}``, truth first when known) on one grid."""
+
+    id: str
+    cls: int
+    spacing_mm: tuple[float, float, float]
+    maps: dict[str, np.ndarray]
+    trachea_mask: np.ndarray | None = None
+    trachea_x_vox: float | None = None
+    image: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def truth(self) -> np.ndarray | None:
+        """The ground-truth label map, or None for a dataset without ``gt``."""
+        return self.maps.get(TRUTH)
+
+
+def find_method_dirs(predictions_dir: str | Path) -> dict[str, Path]:
+    """Return ``{method: folder}`` for the reviewed network methods found under ``predictions_dir``.
+
+    Folders are matched to ``METHOD_FOLDERS`` by their normalised name (``lp_manual``,
+    ``LP+manual`` and ``lp-manual`` all feed "LP+manual"); a folder needs at least one ``.nii.gz``.
+    """
+    root = Path(predictions_dir)
+    if not root.is_dir():
+        return {}
+    folders = {_key(p.name): p for p in sorted(root.iterdir())
+               if p.is_dir() and any(p.glob("*.nii.gz"))}
+    out: dict[str, Path] = {}
+    for method, names in METHOD_FOLDERS.items():
+        for name in names:
+            if name in folders:
+                out[method] = folders[name]
+                break
+    return out
+
+
+def _onto(volume: Volume, ref: Volume) -> np.ndarray:
+    """Return ``volume``'s array resampled (nearest neighbour) onto ``ref``'s grid."""
+    if volume.array.shape == ref.array.shape and np.allclose(volume.affine, ref.affine, atol=1e-4):
+        return volume.array
+    mapping = np.linalg.inv(volume.affine) @ ref.affine
+    return ndimage.affine_transform(volume.array, mapping[:3, :3], offset=mapping[:3, 3],
+                                    output_shape=ref.array.shape, order=0, mode="constant", cval=0)
+
+
+def _labels(array: np.ndarray) -> np.ndarray:
+    return np.rint(np.asarray(array)).astype(np.uint8)
+
+
+def load_case(item: Mapping[str, Any], method_files: Mapping[str, str | Path], *,
+              with_truth: bool = True) -> ReviewCase:
+    """Return the :class:`ReviewCase` of one dataset item and its prediction files.
+
+    ``method_files`` maps a method to its label-map file for this subject (the LP baseline is
+    ``item["lp"]``; add it as ``{LP: item["lp"]}``). Every map, the truth (``item["gt"]``) and the
+    trachea (``item["trachea"]``) are resampled onto the first method's grid;
+    ``meta["trachea_x_vox"]`` is moved onto it through the affines.
+    """
+    if not method_files:
+        raise ValueError(f"load_case: no label maps given for subject {item.get('id')}")
+    vols = {m: load_nifti(p) for m, p in method_files.items()}
+    ref = next(iter(vols.values()))
+    maps: dict[str, np.ndarray] = {}
+    if with_truth and item.get("gt"):
+        maps[TRUTH] = _labels(_onto(load_nifti(item["gt"]), ref))
+    for m, vol in vols.items():
+        maps[m] = _labels(_onto(vol, ref))
+    trachea = None
+    if item.get("trachea"):
+        trachea = _onto(load_nifti(item["trachea"]), ref) > 0
+    meta = dict(item.get("meta") or {})
+    tx = meta.get("trachea_x_vox")
+    if tx is not None and trachea is None:
+        img = load_nifti(item["image"]) if item.get("image") else ref
+        world = img.affine @ np.array([float(tx), 0.0, 0.0, 1.0])
+        tx = float((np.linalg.inv(ref.affine) @ world)[0])
+    spacing = tuple(float(s) for s in ref.spacing)
+    return ReviewCase(id=str(item["id"]), cls=int(item["label"]), spacing_mm=spacing, maps=maps,  # type: ignore[arg-type]
+                      trachea_mask=trachea, trachea_x_vox=None if tx is None else float(tx),
+                      image=item.get("image"), meta=meta)
+
+
+def load_cases(items: Sequence[Mapping[str, Any]], method_dirs: Mapping[str, str | Path], *, with_lp: bool = True,
+               with_truth: bool = True, progress: bool = False) -> tuple[list[ReviewCase], list[str]]:
+    """Return (cases, messages): one case per item with every method's ``<dir>/<id>.nii.gz``.
+
+    The LP baseline comes from ``item["lp"]`` when ``with_lp``. A method missing a subject's file
+    is left out of that case and named in ``messages`` (nothing is silently dropped).
+    """
+    from tqdm.auto import tqdm
+
+    cases, messages = [], []
+    for item in tqdm(items, desc="load label maps", disable=not progress):
+        sid = str(item["id"])
+        files: dict[str, Path] = {}
+        if with_lp and item.get("lp"):
+            files[LP] = Path(item["lp"])
+        for m, d in method_dirs.items():
+            p = Path(d) / f"{sid}.nii.gz"
+            if p.exists():
+                files[m] = p
+            else:
+                messages.append(f"{sid}: no {m} prediction ({p})")
+        if not files:
+            messages.append(f"{sid}: no label maps to review")
+            continue
+        cases.append(load_case(item, files, with_truth=with_truth))
+    return cases, messages
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+
+
+def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
+    """Return the mean Dice over the truth's vessel labels (absent in the prediction → 0)."""
+    labels = [int(v) for v in np.unique(truth) if v != 0]
+    if not labels:
+        return float("nan")
+    out = []
+    for v in labels:
+        p, t = pred == v, truth == v
+        out.append(2.0 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t)))
+    return float(np.mean(out))
+
+
+def review_case(case: ReviewCase) -> list[dict[str, Any]]:
+    """Return one report row per method of ``case`` (truth included when present).
+
+    Columns: ``id, cls, method, correct, n_reasons`` plus :meth:`TopologyReport.as_row`'s, plus
+    ``mean_dice`` against the truth (NaN without truth) and ``seconds`` (time of the report).
+    """
+    rows = []
+    for method, lm in case.maps.items():
+        t0 = time.perf_counter()
+        rep = topology_report(lm, case.cls, trachea_x_vox=case.trachea_x_vox, trachea_mask=case.trachea_mask)
+        seconds = time.perf_counter() - t0
+        dice = mean_dice(lm, case.truth) if case.truth is not None and method != TRUTH else float("nan")
+        rows.append({"id": case.id, "cls": case.cls, "method": method, **rep.as_row(),
+                     "n_reasons": len(rep.reasons), "mean_dice": dice, "seconds": seconds})
+    return rows
+
+
+def review_table(cases: Iterable[ReviewCase], *, progress: bool = False) -> pd.DataFrame:
+    """Return the per-subject, per-method report table of ``cases`` (see :func:`review_case`)."""
+    from tqdm.auto import tqdm
+
+    rows = [r for c in tqdm(list(cases), desc="topology reports", disable=not progress) for r in review_case(c)]
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    order = {m: n for n, m in enumerate(METHOD_ORDER)}
+    df["_o"] = df["method"].map(lambda m: order.get(m, len(order)))
+    return df.sort_values(["id", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics
+
+
+def proportion_ci(k: int, n: int, alpha: float = 0.05, method: str = "wilson") -> tuple[float, float]:
+    """Return the two-sided ``1 − alpha`` confidence interval of the proportion ``k / n``.
+
+    ``method`` is ``"wilson"`` (score interval) or ``"exact"`` (Clopper–Pearson); (NaN, NaN) when
+    ``n`` is 0.
+    """
+    if n == 0:
+        return float("nan"), float("nan")
+    if not 0 <= k <= n:
+        raise ValueError(f"proportion_ci: need 0 <= k <= n, got k={k}, n={n}")
+    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method=method)
+    return float(ci.low), float(ci.high)
+
+
+def correct_rates(reports: pd.DataFrame, *, alpha: float = 0.05, method: str = "wilson",
+                  classes: Mapping[int, str] = CLASSES) -> pd.DataFrame:
+    """Return the topologically correct rate per method and class (and over all classes) with CIs.
+
+    Columns: ``method, class, n, n_correct, rate, ci_low, ci_high``; methods in ``METHOD_ORDER``.
+    """
+    rows = []
+    methods = [m for m in METHOD_ORDER if m in set(reports["method"])] + \
+        [m for m in dict.fromkeys(reports["method"]) if m not in METHOD_ORDER]
+    for m in methods:
+        g = reports[reports["method"] == m]
+        groups = [(classes.get(c, str(c)), g[g["cls"] == c]) for c in sorted(classes)]
+        for name, sub in [*groups, ("all", g)]:
+            n, k = len(sub), int(sub["correct"].astype(bool).sum())
+            lo, hi = proportion_ci(k, n, alpha, method)
+            rows.append({"method": m, "class": name, "n": n, "n_correct": k,
+                         "rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["method", "class", "n", "n_correct", "rate", "ci_low", "ci_high"])
+
+
+def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict[str, Any]:
+    """Return the paired 2×2 counts of two methods' verdicts and the exact McNemar p-value.
+
+    ``only_a``/``only_b`` count subjects correct by one method only; the two-sided p-value is the
+    exact binomial test of ``only_b`` out of ``only_a + only_b`` at 0.5 (valid at any count, and
+    the one to use at the small counts of a test set); 1.0 when no pair is discordant, NaN when
+    there are no pairs.
+    """
+    a = np.asarray(a_correct, dtype=bool)
+    b = np.asarray(b_correct, dtype=bool)
+    if a.shape != b.shape:
+        raise ValueError(f"mcnemar_exact: {a.size} verdicts of A vs {b.size} of B (must be paired)")
+    only_a, only_b = int(np.count_nonzero(a & ~b)), int(np.count_nonzero(~a & b))
+    disc = only_a + only_b
+    p = float(stats.binomtest(only_b, disc, 0.5).pvalue) if disc else (1.0 if a.size else float("nan"))
+    return {"n": int(a.size), "both_correct": int(np.count_nonzero(a & b)), "only_a": only_a,
+            "only_b": only_b, "both_wrong": int(np.count_nonzero(~a & ~b)), "p_value": min(p, 1.0)}
+
+
+def mcnemar_table(reports: pd.DataFrame, a: str, b: str, subsets: Mapping[str, Iterable[str]]) -> pd.DataFrame:
+    """Return one exact McNemar row per subset of subject ids: method ``a`` vs ``b`` on the subjects
+    both were reviewed on. Columns: ``subset, a, b, n, both_correct, only_a, only_b, both_wrong,
+    rate_a, rate_b, p_value``."""
+    wide = reports[reports["method"].isin([a, b])].pivot_table(
+        index="id", columns="method", values="correct", aggfunc="first")
+    rows = []
+    for name, ids in subsets.items():
+        sub = wide.loc[wide.index.isin(set(ids))].dropna() if {a, b} <= set(wide.columns) else wide.iloc[:0]
+        res = mcnemar_exact(sub[a].astype(bool).tolist() if len(sub) else [],
+                            sub[b].astype(bool).tolist() if len(sub) else [])
+        n = res["n"]
+        rows.append({"subset": name, "a": a, "b": b, **res,
+                     "rate_a": (res["both_correct"] + res["only_a"]) / n if n else float("nan"),
+                     "rate_b": (res["both_correct"] + res["only_b"]) / n if n else float("nan")})
+    cols = ["subset", "a", "b", "n", "both_correct", "only_a", "only_b", "both_wrong", "rate_a", "rate_b", "p_value"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+# ----------------------------------------------------------------------------------------------
+# Predicted classes (notebook 04)
+
+
+def find_class_predictions(results_dir: str | Path) -> tuple[pd.DataFrame | None, Path | None]:
+    """Return (class predictions, file): the first CSV in ``results_dir`` with columns
+    ``method, id, label, pred`` (as ``joint.predict_and_evaluate`` writes), else (None, None)."""
+    root = Path(results_dir)
+    for path in sorted(root.glob("*.csv")) if root.is_dir() else []:
+        try:
+            head = pd.read_csv(path, nrows=0)
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+            continue
+        if {"method", "id", "label", "pred"} <= set(head.columns):
+            return pd.read_csv(path, dtype={"id": str}), path
+    return None, None
+
+
+def correctly_classified(predictions: pd.DataFrame, method: str, cls: int | None = None) -> set[str]:
+    """Return the ids whose class ``method`` predicted correctly (only true class ``cls`` if given)."""
+    g = predictions[predictions["method"] == method]
+    if cls is not None:
+        g = g[g["label"] == cls]
+    return set(g.loc[g["label"] == g["pred"], "id"].astype(str))
+
+
+# ----------------------------------------------------------------------------------------------
+# Review sheet and agreement
+
+
+def filled_sheet_path(run_root: str | Path, repo_root: str | Path | None = None) -> Path:
+    """Return where an expert's filled sheet of a run is looked for:
+    ``data/review/<run folder name>/review_sheet_filled.csv`` under the repository root."""
+    if repo_root is None:
+        from fetalcmr.notebook import REPO_ROOT as repo_root
+    return Path(repo_root) / "data" / "review" / Path(run_root).name / "review_sheet_filled.csv"
+
+
+def review_sheet(reports: pd.DataFrame) -> pd.DataFrame:
+    """Return the blank expert review sheet: one row per subject × method (truth excluded).
+
+    Columns ``subject, class, method, expert_correct, expert_notes``. The expert writes 1 in
+    ``expert_correct`` when the method's vessels are topologically right for the class (every
+    vessel present and in one piece, arches and contacts as the anomaly has them), 0 when not,
+    and leaves it blank when unsure. The automated verdicts are not in the sheet (no anchoring).
+    """
+    g = reports[reports["method"] != TRUTH]
+    return pd.DataFrame({"subject": g["id"].astype(str).to_numpy(), "class": g["class"].to_numpy(),
+                         "method": g["method"].to_numpy(), "expert_correct": "", "expert_notes": ""},
+                        columns=list(SHEET_COLUMNS))
+
+
+def write_review_sheet(path: str | Path, reports: pd.DataFrame) -> Path:
+    """Write :func:`review_sheet` of ``reports`` to ``path`` (CSV, atomically) and return the path."""
+    from fetalcmr.atomic import atomic_path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        review_sheet(reports).to_csv(tmp, index=False)
+    return path
+
+
+def read_review_sheet(path: str | Path) -> pd.DataFrame:
+    """Return a (possibly filled) review sheet with ``expert_correct`` as True/False/None.
+
+    Accepted grades: 1/0, yes/no, true/false, correct/incorrect, ok/wrong (any case); blank is
+    ungraded. Raises :class:`DataError` naming the file and row of anything else.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read the review sheet ({exc})") from None
+    missing = {"subject", "method", "expert_correct"} - set(df.columns)
+    if missing:
+        raise DataError(f"{path}: review sheet lacks column(s) {sorted(missing)}")
+    grades: list[bool | None] = []
+    for n, raw in enumerate(df["expert_correct"].str.strip().str.lower(), start=2):
+        if raw in ("", "nan"):
+            grades.append(None)
+        elif raw in GRADE_VALUES:
+            grades.append(GRADE_VALUES[raw])
+        elif raw in ("1.0", "0.0"):  # a spreadsheet may write numbers as floats
+            grades.append(raw == "1.0")
+        else:
+            raise DataError(f"{path}: line {n}: expert_correct {raw!r} is not one of 1/0, yes/no, "
+                            "true/false, correct/incorrect (or blank)")
+    df["expert_correct"] = pd.Series(grades, index=df.index, dtype=object)
+    return df
+
+
+def expert_agreement(sheet: pd.DataFrame, reports: pd.DataFrame) -> dict[str, Any]:
+    """Return agreement of the graded sheet rows with the automated verdicts.
+
+    Keys: ``n_graded``, ``n_unmatched`` (graded rows with no report), ``observed_agreement``,
+    ``kappa`` (Cohen's, ``sklearn.metrics.cohen_kappa_score``; NaN when undefined: fewer than 2
+    graded rows or a single category on both sides), ``expert_correct_rate``, ``auto_correct_rate``.
+    """
+    from sklearn.metrics import cohen_kappa_score
+
+    graded = sheet[sheet["expert_correct"].notna()][["subject", "method", "expert_correct"]]
+    auto = reports[["id", "method", "correct"]].rename(columns={"id": "subject"}).astype({"subject": str})
+    merged = graded.astype({"subject": str}).merge(auto, on=["subject", "method"], how="inner")
+    e = merged["expert_correct"].astype(bool).to_numpy()
+    a = merged["correct"].astype(bool).to_numpy()
+    n = int(e.size)
+    out: dict[str, Any] = {"n_graded": int(len(graded)), "n_unmatched": int(len(graded) - n),
+                           "observed_agreement": float(np.mean(e == a)) if n else float("nan"),
+                           "kappa": float("nan"),
+                           "expert_correct_rate": float(e.mean()) if n else float("nan"),
+                           "auto_correct_rate": float(a.mean()) if n else float("nan")}
+    if n >= 2 and len(set(e.tolist()) | set(a.tolist())) > 1:
+        out["kappa"] = float(cohen_kappa_score(e, a))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Selections and figures
+
+
+def worst_cases(reports: pd.DataFrame, n: int = 3) -> list[str]:
+    """Return up to ``n`` subject ids with the most verdict reasons summed over the methods
+    (truth excluded); only subjects with at least one reason, ties broken by id."""
+    g = reports[reports["method"] != TRUTH].groupby("id")["n_reasons"].sum()
+    g = g[g > 0]
+    return [str(i) for i, _ in sorted(g.items(), key=lambda kv: (-kv[1], str(kv[0])))[:n]]
+
+
+def verdict_text(reports: pd.DataFrame, sid: str, method: str) -> str:
+    """Return "correct" or "WRONG (k)" for one subject and method (k = number of reasons)."""
+    row = reports[(reports["id"] == sid) & (reports["method"] == method)]
+    if row.empty:
+        return "not reviewed"
+    r = row.iloc[0]
+    return "correct" if bool(r["correct"]) else f"WRONG ({int(r['n_reasons'])})"
+
+
+def render_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame, methods: Sequence[str], *,
+                 views: Sequence[str] = ("anterior", "superior"), title: str | None = None) -> Any:
+    """Return one :func:`render.render_comparison` figure: for each case, one row per method in
+    ``methods`` it has (truth included when listed), labelled with the id and the verdict."""
+    from fetalcmr.render import render_comparison
+
+    maps: dict[str, np.ndarray] = {}
+    for c in cases:
+        for m in methods:
+            if m in c.maps:
+                maps[f"{c.id} {m}\n{verdict_text(reports, c.id, m)}"] = c.maps[m]
+    if not maps:
+        raise ValueError("render_cases: none of the cases has a label map of " + ", ".join(methods))
+    return render_comparison(maps, cases[0].spacing_mm, views=views, title=title)
+
+
+def plot_correct_rates(rates: pd.DataFrame, ax: Any, *, colors: Mapping[str, str] | None = None) -> None:
+    """Draw grouped bars of the correct rate by class (groups) and method (bars) with CI whiskers."""
+    classes = list(dict.fromkeys(rates["class"]))
+    methods = list(dict.fromkeys(rates["method"]))
+    default = {TRUTH: "#bbbbbb", LP: "#88CCEE", "LP-only": "#44AA99", "LP+manual": "#DDCC77", "joint": "#CC6677"}
+    colors = {**default, **(colors or {})}
+    width = 0.8 / max(len(methods), 1)
+    x = np.arange(len(classes))
+    for k, m in enumerate(methods):
+        g = rates[rates["method"] == m].set_index("class").reindex(classes)
+        pos = x - 0.4 + width * (k + 0.5)
+        rate = g["rate"].to_numpy(float)
+        err = np.vstack([rate - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - rate])
+        ax.bar(pos, np.nan_to_num(rate), width, color=colors.get(m, None), label=m, edgecolor="0.3", linewidth=0.5)
+        ax.errorbar(pos, rate, yerr=np.nan_to_num(err), fmt="none", ecolor="0.2", capsize=2, linewidth=0.8)
+        for p, (nn, kk) in zip(pos, zip(g["n"].fillna(0), g["n_correct"].fillna(0), strict=True), strict=True):
+            ax.text(p, 1.02, f"{int(kk)}/{int(nn)}", ha="center", va="bottom", fontsize=6, rotation=90)
+    ax.set_xticks(x, classes)
+    ax.set_ylim(0, 1.22)
+    ax.set_yticks(np.linspace(0, 1, 6))
+    ax.set_ylabel("topologically correct rate")
+    ax.legend(fontsize=7, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
+
+
+def gallery_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame) -> list[dict[str, Any]]:
+    """Return :func:`gallery.write_gallery` cases: every map, per-method verdict, reasons, Dice."""
+    out = []
+    cols = ["method", "correct", "mean_dice", "n_reasons", "arch_b0", "arch_b1", "arch_side", "reasons", "warnings"]
+    for c in cases:
+        rep = reports[reports["id"] == c.id]
+        metrics = rep[[k for k in cols if k in rep.columns]].copy()
+        if c.truth is None:
+            metrics = metrics.drop(columns=["mean_dice"], errors="ignore")
+        summary: dict[str, Any] = {"class": CLASSES.get(c.cls, str(c.cls))}
+        summary.update({m: verdict_text(reports, c.id, m) for m in c.maps if m != TRUTH})
+        notes = [f"True class {CLASSES.get(c.cls, c.cls)}; every map is judged against that class's template."]
+        if c.truth is None:
+            notes.append("No ground truth in this dataset: only the predictions are shown.")
+        out.append({"id": c.id, "labelmaps": c.maps, "spacing_mm": c.spacing_mm,
+                    "title": f"{c.id} — {CLASSES.get(c.cls, c.cls)}", "metrics": metrics,
+                    "summary": summary, "notes": notes})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Benchmark
+
+
+def benchmark(profile: str = "default", *, n_subjects: int = 3) -> dict[str, Any]:
+    """Return timings of the review at ``profile``'s grid: report seconds per map and per case
+    (truth + 4 perturbed copies standing in for methods), and the statistics on the result."""
+    from fetalcmr.config import get_profile
+    from fetalcmr.synth import generate_subject
+
+    cfg = get_profile(profile).cohort
+    cases = []
+    for s in range(n_subjects):
+        sub = generate_subject(s % 3, seed=s, grid=cfg.grid, spacing_mm=cfg.spacing_mm)
+        broken = sub.gt.copy()
+        broken[broken == LABEL_INDEX["LSA"]] = 0
+        maps = {TRUTH: sub.gt, LP: sub.gt, "LP-only": broken, "LP+manual": sub.gt, "joint": sub.gt}
+        cases.append(ReviewCase(f"b{s}", s % 3, (cfg.spacing_mm,) * 3, maps, trachea_mask=sub.trachea > 0))
+    t0 = time.perf_counter()
+    reports = review_table(cases)
+    review_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    correct_rates(reports)
+    mcnemar_table(reports, "LP+manual", "joint", {"all": reports["id"]})
+    stats_s = time.perf_counter() - t0
+    n_maps = len(reports)
+    return {"grid": cfg.grid, "n_cases": n_subjects, "n_maps": n_maps,
+            "report_s_per_map_mean": float(reports["seconds"].mean()),
+            "report_s_per_map_max": float(reports["seconds"].max()),
+            "review_s_per_case": review_s / n_subjects, "stats_s": stats_s,
+            "broken_flagged": bool((~reports.loc[reports["method"] == "LP-only", "correct"].astype(bool)).all())}
+

@@ -1,0 +1,202 @@
+"""Tests of the topology review: confidence intervals, exact McNemar, the review sheet and kappa,
+and the review table built from label-map files with a constructed broken prediction."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fetalcmr import review as rv
+from fetalcmr.anatomy import LABEL_INDEX
+from fetalcmr.io import DataError, save_nifti
+
+Z = 1.959963984540054  # standard normal 97.5 % quantile
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    p = k / n
+    denom = 1 + Z * Z / n
+    centre = (p + Z * Z / (2 * n)) / denom
+    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / denom
+    return centre - half, centre + half
+
+
+@pytest.mark.parametrize(("k", "n"), [(8, 10), (0, 5), (5, 5), (3, 27)])
+def test_wilson_interval_matches_formula(k: int, n: int) -> None:
+    assert rv.proportion_ci(k, n) == pytest.approx(_wilson(k, n), abs=1e-9)
+
+
+def test_exact_interval_edges_and_empty() -> None:
+    # Clopper-Pearson at the edges: 0/n -> [0, 1 - (a/2)^(1/n)], n/n -> [(a/2)^(1/n), 1]
+    assert rv.proportion_ci(0, 10, method="exact") == pytest.approx((0.0, 1 - 0.025 ** 0.1))
+    assert rv.proportion_ci(10, 10, method="exact") == pytest.approx((0.025 ** 0.1, 1.0))
+    assert all(math.isnan(v) for v in rv.proportion_ci(0, 0))
+    with pytest.raises(ValueError, match="k <= n"):
+        rv.proportion_ci(4, 3)
+
+
+def _reports(rows: list[tuple[str, int, str, bool]]) -> pd.DataFrame:
+    names = {0: "CoA", 1: "RAA", 2: "DAA"}
+    return pd.DataFrame([{"id": i, "cls": c, "class": names[c], "method": m, "correct": ok,
+                          "n_reasons": 0 if ok else 1} for i, c, m, ok in rows])
+
+
+def test_correct_rates_on_hand_made_verdicts() -> None:
+    rows = [("a", 2, "joint", True), ("b", 2, "joint", True), ("c", 2, "joint", False),
+            ("d", 0, "joint", True), ("a", 2, "LP", False), ("b", 2, "LP", False),
+            ("c", 2, "LP", False), ("d", 0, "LP", True)]
+    rates = rv.correct_rates(_reports(rows)).set_index(["method", "class"])
+    assert list(dict.fromkeys(rates.index.get_level_values(0))) == ["LP", "joint"]  # METHOD_ORDER
+    daa = rates.loc[("joint", "DAA")]
+    assert (daa["n"], daa["n_correct"]) == (3, 2)
+    assert daa["rate"] == pytest.approx(2 / 3)
+    assert (daa["ci_low"], daa["ci_high"]) == pytest.approx(_wilson(2, 3))
+    assert rates.loc[("joint", "all"), "n"] == 4 and rates.loc[("LP", "all"), "n_correct"] == 1
+    assert rates.loc[("LP", "RAA"), "n"] == 0 and math.isnan(rates.loc[("LP", "RAA"), "rate"])
+
+
+def test_mcnemar_exact_hand_computed() -> None:
+    # 3 both correct, 1 only A, 6 only B, 2 both wrong: p = 2 * P(X <= 1 | 7, 1/2) = 2 * 8 / 128
+    a = [True] * 3 + [True] * 1 + [False] * 6 + [False] * 2
+    b = [True] * 3 + [False] * 1 + [True] * 6 + [False] * 2
+    res = rv.mcnemar_exact(a, b)
+    assert (res["both_correct"], res["only_a"], res["only_b"], res["both_wrong"]) == (3, 1, 6, 2)
+    assert res["p_value"] == pytest.approx(0.125)
+    assert rv.mcnemar_exact([True, False], [True, False])["p_value"] == 1.0  # no discordant pair
+    assert math.isnan(rv.mcnemar_exact([], [])["p_value"])
+    with pytest.raises(ValueError, match="paired"):
+        rv.mcnemar_exact([True], [True, False])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=30))
+def test_mcnemar_symmetric_and_a_probability(pairs: list[tuple[bool, bool]]) -> None:
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    ab, ba = rv.mcnemar_exact(a, b), rv.mcnemar_exact(b, a)
+    assert ab["p_value"] == pytest.approx(ba["p_value"])
+    assert 0.0 < ab["p_value"] <= 1.0
+    assert ab["both_correct"] + ab["only_a"] + ab["only_b"] + ab["both_wrong"] == len(pairs)
+
+
+def test_mcnemar_table_subsets() -> None:
+    rows = [(s, 2, m, ok) for s, (x, y) in {"a": (False, True), "b": (False, True), "c": (True, True)}.items()
+            for m, ok in (("LP+manual", x), ("joint", y))]
+    rows += [("d", 0, "LP+manual", True), ("d", 0, "joint", False)]
+    t = rv.mcnemar_table(_reports(rows), "LP+manual", "joint",
+                         {"DAA": ["a", "b", "c"], "all": ["a", "b", "c", "d"], "none": []}).set_index("subset")
+    assert (t.loc["DAA", "only_b"], t.loc["DAA", "only_a"], t.loc["DAA", "n"]) == (2, 0, 3)
+    assert t.loc["DAA", "p_value"] == pytest.approx(0.5)  # 2 of 2 discordant: 2 * 1/4
+    assert t.loc["DAA", "rate_b"] == 1.0 and t.loc["DAA", "rate_a"] == pytest.approx(1 / 3)
+    assert (t.loc["all", "only_a"], t.loc["all", "only_b"]) == (1, 2)
+    assert t.loc["none", "n"] == 0
+
+
+def test_review_sheet_round_trip_and_kappa(tmp_path: Path) -> None:
+    rows = [("a", 2, "truth", True), ("a", 2, "LP+manual", True), ("a", 2, "joint", True),
+            ("b", 2, "LP+manual", False), ("b", 2, "joint", False)]
+    reports = _reports(rows)
+    path = rv.write_review_sheet(tmp_path / "review_sheet.csv", reports)
+    blank = rv.read_review_sheet(path)
+    assert list(blank.columns) == list(rv.SHEET_COLUMNS)
+    assert len(blank) == 4 and "truth" not in set(blank["method"])  # truth is not graded
+    assert "correct" not in blank.columns  # the automated verdict is not shown to the expert
+    assert blank["expert_correct"].isna().all()
+    assert math.isnan(rv.expert_agreement(blank, reports)["kappa"])
+    # expert: a/LP+manual 1, a/joint 0, b/LP+manual 0, b/joint blank (ungraded)
+    filled = pd.read_csv(path, dtype=str, keep_default_na=False)
+    filled["expert_correct"] = ["1", "No", "0", ""]
+    filled.to_csv(tmp_path / "filled.csv", index=False)
+    agree = rv.expert_agreement(rv.read_review_sheet(tmp_path / "filled.csv"), reports)
+    # auto (T, T, F) vs expert (T, F, F): po = 2/3, pe = 2/3*1/3 + 1/3*2/3 = 4/9, kappa = (2/9)/(5/9)
+    assert agree["n_graded"] == 3 and agree["n_unmatched"] == 0
+    assert agree["observed_agreement"] == pytest.approx(2 / 3)
+    assert agree["kappa"] == pytest.approx(0.4)
+    filled["expert_correct"] = ["1", "maybe", "0", ""]
+    filled.to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad\.csv: line 3: expert_correct 'maybe'"):
+        rv.read_review_sheet(tmp_path / "bad.csv")
+
+
+def test_worst_cases_rank_by_reasons() -> None:
+    df = _reports([("a", 0, "truth", True), ("a", 0, "joint", False), ("b", 0, "joint", True),
+                   ("c", 0, "LP", False), ("c", 0, "joint", False)])
+    assert rv.worst_cases(df, 5) == ["c", "a"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Review table from label-map files
+
+
+@pytest.fixture(scope="module")
+def daa_subject() -> Any:
+    synth = pytest.importorskip("fetalcmr.synth")
+    return synth.generate_subject(2, seed=1, grid=32, spacing_mm=52.0 / 32)
+
+
+def test_review_table_flags_broken_prediction(tmp_path: Path, daa_subject: Any) -> None:
+    sub = daa_subject
+    paths = {k: tmp_path / f"sub-001_{k}.nii.gz" for k in ("image", "gt", "trachea", "lp")}
+    save_nifti(paths["image"], sub.image, sub.affine)
+    save_nifti(paths["gt"], sub.gt, sub.affine)
+    save_nifti(paths["trachea"], sub.trachea, sub.affine)
+    save_nifti(paths["lp"], sub.gt, sub.affine)
+    broken = sub.gt.copy()
+    broken[broken == LABEL_INDEX["LSA"]] = 0
+    save_nifti(tmp_path / "pred" / "LP+manual" / "sub-001.nii.gz", sub.gt, sub.affine)
+    save_nifti(tmp_path / "pred" / "joint" / "sub-001.nii.gz", broken, sub.affine)
+    (tmp_path / "pred" / "notes").mkdir()  # folders without label maps are ignored
+    dirs = rv.find_method_dirs(tmp_path / "pred")
+    assert set(dirs) == {"LP+manual", "joint"}
+    item = {"id": "sub-001", "label": 2, "meta": dict(sub.meta), **{k: str(p) for k, p in paths.items()}}
+    item2 = {**item, "id": "sub-002"}  # no predictions of its own: named in the messages
+    cases, messages = rv.load_cases([item, item2], dirs)
+    assert [c.id for c in cases] == ["sub-001", "sub-002"]
+    assert set(cases[1].maps) == {"truth", "LP"}
+    assert any("sub-002: no joint prediction" in m for m in messages)
+    reports = rv.review_table(cases[:1])
+    assert list(reports["method"]) == ["truth", "LP", "LP+manual", "joint"]
+    by = reports.set_index("method")
+    assert by.loc["truth", "correct"] and by.loc["LP+manual", "correct"] and by.loc["LP", "correct"]
+    assert not by.loc["joint", "correct"]
+    assert "LSA missing" in by.loc["joint", "reasons"] and by.loc["joint", "n_reasons"] >= 1
+    assert by.loc["LP+manual", "mean_dice"] == pytest.approx(1.0)
+    assert by.loc["joint", "mean_dice"] < 1.0 and math.isnan(by.loc["truth", "mean_dice"])
+    assert by.loc["truth", "arch_side"] == "both"
+    # without truth (a real dataset without gt): no truth row, the verdicts remain
+    no_gt, _ = rv.load_cases([item], dirs, with_truth=False)
+    rep2 = rv.review_table(no_gt)
+    assert "truth" not in set(rep2["method"]) and not rep2.set_index("method").loc["joint", "correct"]
+    # gallery cases carry every map and the verdicts
+    g = rv.gallery_cases(cases[:1], reports)[0]
+    assert list(g["labelmaps"]) == ["truth", "LP", "LP+manual", "joint"]
+    assert g["summary"]["joint"].startswith("WRONG") and g["summary"]["LP+manual"] == "correct"
+
+
+def test_load_case_resamples_onto_prediction_grid(tmp_path: Path, daa_subject: Any) -> None:
+    """A prediction on a half-resolution grid: truth and trachea are brought onto it."""
+    sub = daa_subject
+    save_nifti(tmp_path / "gt.nii.gz", sub.gt, sub.affine)
+    coarse_affine = sub.affine.copy()
+    coarse_affine[:3, :3] *= 2
+    coarse = sub.gt[::2, ::2, ::2]
+    save_nifti(tmp_path / "pred.nii.gz", coarse, coarse_affine)
+    item = {"id": "s", "label": 2, "gt": str(tmp_path / "gt.nii.gz"), "image": str(tmp_path / "gt.nii.gz"),
+            "meta": {"trachea_x_vox": 10.0}}
+    case = rv.load_case(item, {"joint": tmp_path / "pred.nii.gz"})
+    assert case.maps["truth"].shape == coarse.shape
+    np.testing.assert_array_equal(case.maps["truth"], coarse)
+    assert case.trachea_x_vox == pytest.approx(5.0)
+    assert case.spacing_mm == pytest.approx((2 * 52.0 / 32,) * 3)
+
+
+def test_docstring_examples() -> None:
+    import doctest
+
+    assert doctest.testmod(rv, raise_on_error=False).failed == 0
