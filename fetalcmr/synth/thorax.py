@@ -98,8 +98,9 @@ def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray,
     # diaphragm: right dome higher; liver below it, stomach under the left dome
     zd = s * (-22.0 + 4.0 * np.exp(-((x / s - 8.0) ** 2) / (2 * 9.0**2)))
     below = cavity & (z < zd)
-    tis[cavity & ~below & (zr < 21.0)] = T.LUNG
-    tis[cavity & (zr >= 21.0)] = T.MEDIASTINUM  # neck soft tissue above the lung apices
+    apex = zr < 24.0 - 0.016 * (x / s) ** 2  # domed lung apices; neck soft tissue above them
+    tis[cavity & ~below & apex] = T.LUNG
+    tis[cavity & ~apex] = T.MEDIASTINUM
     tis[below] = T.LIVER
     tis[ellipsoid_value(coords, p.place(np.array([-15.0, 2.0, -27.5])), np.array([7.0, 5.0, 4.5]) * s) < 1] = T.STOMACH
     # mediastinum: central column behind the sternum down to the heart, vessel sleeves, thymus
