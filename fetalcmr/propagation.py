@@ -471,3 +471,45 @@ def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.
 def _n_labels(data: Mapping[str, Any], atlases: Mapping[int, AtlasData]) -> int:
     labels = [int(k) for k in data.get("labels", {})]
     return max(labels + [int(a.labelmap.max()) for a in atlases.values()]) + 1
+
+
+# --------------------------------------------------------------------------------------------
+# evaluation (reads ``gt``: for reporting only, never called by training or propagation)
+
+
+def evaluate_against_truth(items: Sequence[Mapping[str, Any]], predictions: Mapping[str, str | os.PathLike[str]],
+                           labels: Mapping[int, str], method: str,
+                           progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Return (per-label, per-subject) tables of predicted label maps scored against each item's ``gt``.
+
+    Per label: ``method, id, class, label, name, dice, hd95, asd, precision`` (mm). Per subject:
+    ``method, id, class, mean_dice`` (over labels present), ``fg_dice_gt`` (foreground vs the
+    truth's foreground) and ``fg_dice_binary`` (foreground vs the manual mask, when the item has
+    one). Items without ``gt`` or without a prediction are skipped.
+    """
+    from tqdm.auto import tqdm
+
+    from fetalcmr.metrics import evaluate_segmentation, region_metrics
+
+    per_label, per_subject = [], []
+    for item in tqdm(items, desc=f"evaluate {method}", disable=not progress):
+        sid = str(item["id"])
+        if not item.get("gt") or sid not in predictions:
+            continue
+        truth = load_nifti(item["gt"])
+        pred = load_nifti(predictions[sid])
+        check_same_grid(truth, item["gt"], pred, predictions[sid])
+        t, p = np.rint(truth.array).astype(np.int64), np.rint(pred.array).astype(np.int64)
+        table = evaluate_segmentation(p, t, truth.spacing, labels)
+        table.insert(0, "class", int(item["label"]))
+        table.insert(0, "id", sid)
+        table.insert(0, "method", method)
+        per_label.append(table)
+        row = {"method": method, "id": sid, "class": int(item["label"]),
+               "mean_dice": float(np.nanmean(table["dice"])) if table["dice"].notna().any() else float("nan"),
+               "fg_dice_gt": region_metrics(p > 0, t > 0)["dice"], "fg_dice_binary": float("nan")}
+        if item.get("binary"):
+            row["fg_dice_binary"] = region_metrics(p > 0, load_nifti(item["binary"]).array > 0)["dice"]
+        per_subject.append(row)
+    lab = pd.concat(per_label, ignore_index=True) if per_label else pd.DataFrame()
+    return lab, pd.DataFrame(per_subject)
