@@ -46,6 +46,8 @@ METHOD_ORDER: tuple[str, ...] = (TRUTH, LP, "LP-only", "LP+manual", "joint")
 GRADE_VALUES: dict[str, bool] = {"1": True, "0": False, "yes": True, "no": False, "y": True, "n": False,
                                  "true": True, "false": False, "correct": True, "incorrect": False,
                                  "ok": True, "wrong": False}
+#: Per-subject predicted classes written by notebook 04 (``joint.run_joint_experiments``).
+CLASS_PREDICTIONS_CSV = "joint_classification.csv"
 SHEET_COLUMNS: tuple[str, ...] = ("subject", "class", "method", "expert_correct", "expert_notes")
 
 
@@ -297,10 +299,15 @@ def mcnemar_table(reports: pd.DataFrame, a: str, b: str, subsets: Mapping[str, I
 
 
 def find_class_predictions(results_dir: str | Path) -> tuple[pd.DataFrame | None, Path | None]:
-    """Return (class predictions, file): the first CSV in ``results_dir`` with columns
-    ``method, id, label, pred`` (as ``joint.predict_and_evaluate`` writes), else (None, None)."""
+    """Return (class predictions, file) from ``results_dir``: ``joint_classification.csv`` (notebook 04),
+    else the first CSV with columns ``method, id, label, pred``; (None, None) when there is none."""
     root = Path(results_dir)
-    for path in sorted(root.glob("*.csv")) if root.is_dir() else []:
+    if not root.is_dir():
+        return None, None
+    candidates = [root / CLASS_PREDICTIONS_CSV, *sorted(root.glob("*.csv"))]
+    for path in candidates:
+        if not path.exists():
+            continue
         try:
             head = pd.read_csv(path, nrows=0)
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):

@@ -200,3 +200,48 @@ def test_docstring_examples() -> None:
     import doctest
 
     assert doctest.testmod(rv, raise_on_error=False).failed == 0
+
+
+def test_class_predictions_found_and_correct_subset(tmp_path: Path) -> None:
+    assert rv.find_class_predictions(tmp_path / "absent") == (None, None)
+    pd.DataFrame({"kind": ["image"], "id": ["a"], "label": [2], "pred": [2]}).to_csv(tmp_path / "a.csv", index=False)
+    assert rv.find_class_predictions(tmp_path) == (None, None)  # no method column
+    rows = [("joint", "a", 2, 2), ("joint", "b", 2, 1), ("joint", "c", 0, 0), ("separate", "b", 2, 2)]
+    pd.DataFrame(rows, columns=["method", "id", "label", "pred"]).to_csv(tmp_path / "z.csv", index=False)
+    preds, path = rv.find_class_predictions(tmp_path)
+    assert path == tmp_path / "z.csv"
+    assert rv.correctly_classified(preds, "joint") == {"a", "c"}
+    assert rv.correctly_classified(preds, "joint", cls=2) == {"a"}
+    assert rv.correctly_classified(preds, "separate", cls=2) == {"b"}
+    (tmp_path / rv.CLASS_PREDICTIONS_CSV).write_text("method,id,label,pred\njoint,q,1,1\n")
+    assert rv.find_class_predictions(tmp_path)[1] == tmp_path / rv.CLASS_PREDICTIONS_CSV  # notebook 04's first
+
+
+def test_plot_correct_rates_bars_match_table() -> None:
+    import matplotlib.pyplot as plt
+
+    rows = [("a", 2, "LP", True), ("b", 0, "LP", False), ("a", 2, "joint", True), ("b", 0, "joint", True)]
+    rates = rv.correct_rates(_reports(rows))
+    fig, ax = plt.subplots()
+    rv.plot_correct_rates(rates, ax)
+    heights = [p.get_height() for p in ax.patches]
+    assert len(heights) == len(rates)  # one bar per method × class (NaN rates drawn at 0)
+    assert heights == pytest.approx(rates["rate"].fillna(0).tolist())
+    plt.close(fig)
+
+
+def test_render_cases_one_row_per_map_with_verdicts(daa_subject: Any) -> None:
+    import matplotlib.pyplot as plt
+
+    broken = daa_subject.gt.copy()
+    broken[broken == LABEL_INDEX["LSA"]] = 0
+    case = rv.ReviewCase("s1", 2, (52.0 / 32,) * 3, {"truth": daa_subject.gt, "joint": broken},
+                         trachea_mask=daa_subject.trachea > 0)
+    reports = rv.review_table([case])
+    fig = rv.render_cases([case], reports, ["truth", "LP+manual", "joint"], views=("superior",))
+    labels = [t.get_text() for ax in fig.axes for t in ax.texts]
+    assert len(fig.axes) == 2  # LP+manual absent: truth and joint rows only
+    assert any("s1 truth\ncorrect" in t for t in labels) and any("s1 joint\nWRONG" in t for t in labels)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="none of the cases"):
+        rv.render_cases([case], reports, ["LP"])
