@@ -122,6 +122,9 @@ def load_case(item: Mapping[str, Any], method_files: Mapping[str, str | Path], *
     """
     if not method_files:
         raise ValueError(f"load_case: no label maps given for subject {item.get('id')}")
+    if item.get("label") is None:
+        raise DataError(f"{item.get('image', item.get('id'))}: test item has no anomaly class 'label'; "
+                        "the topology verdict needs the class whose template it checks")
     vols = {m: load_nifti(p) for m, p in method_files.items()}
     ref = next(iter(vols.values()))
     maps: dict[str, np.ndarray] = {}

@@ -245,3 +245,9 @@ def test_render_cases_one_row_per_map_with_verdicts(daa_subject: Any) -> None:
     plt.close(fig)
     with pytest.raises(ValueError, match="none of the cases"):
         rv.render_cases([case], reports, ["LP"])
+
+
+def test_load_case_needs_a_class(tmp_path: Path) -> None:
+    save_nifti(tmp_path / "p.nii.gz", np.zeros((4, 4, 4), np.uint8), np.eye(4))
+    with pytest.raises(DataError, match="no anomaly class 'label'"):
+        rv.load_case({"id": "s", "image": "img.nii.gz"}, {"joint": tmp_path / "p.nii.gz"})
