@@ -16,7 +16,7 @@ from scipy import ndimage
 from fetalcmr.anatomy import ARCH_LOOPS, ARCH_SIDE, CLASSES, EXPECTED_CONTACTS, LABEL_INDEX, N_LABELS
 from fetalcmr.config import CohortConfig, get_profile
 from fetalcmr.dataset import SPLITS
-from fetalcmr.synth import build_atlas, generate_cohort, generate_subject, plan_cohort
+from fetalcmr.synth import build_atlas, generate_cohort, generate_subject, plan_cohort, summary
 from fetalcmr.synth.cohort import allocate
 from fetalcmr.synth.geometry import Grid, Pose, Tube
 from fetalcmr.synth.params import COA_RATIO_RANGE, DAA_RATIO_RANGE, GA_RANGE
@@ -193,6 +193,13 @@ def test_cohort_split_stratified_and_cached(tmp_path: Path):
     assert path.read_text() == raw
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "cohort").rglob("*.nii.gz")} == stamp
     assert json.loads(raw)["content_key"]
+    # notebook 00's summaries of this cohort
+    table = summary.cohort_table(data)
+    assert table["total"].tolist() == [*per_class, 9]
+    assert table.loc[table["class"] == "all", "training"].item() == len(data["training"])
+    quality = summary.mask_quality(data)
+    assert len(quality) == 9 and quality["precision"].between(0.5, 1.0).all()
+    assert summary.mask_quality_by_class(quality)["n"].tolist() == per_class
 
 
 def test_paper_cohort_plan():

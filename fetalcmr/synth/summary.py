@@ -59,17 +59,18 @@ def mask_quality(data: dict[str, Any]) -> pd.DataFrame:
         manual = load_nifti(item["binary"]).array > 0
         truth = load_nifti(item["gt"]).array > 0
         tp = float(np.logical_and(manual, truth).sum())
-        rows.append({"id": item.get("id", item["image"]), "class": classes.get(item.get("label"), "?"),
+        rows.append({"id": item.get("id", item["image"]), "label": item.get("label", -1),
+                     "class": classes.get(item.get("label"), "?"),
                      "split": split, "precision": tp / max(manual.sum(), 1), "recall": tp / max(truth.sum(), 1),
                      "dice": 2 * tp / max(manual.sum() + truth.sum(), 1)})
-    return pd.DataFrame(rows, columns=["id", "class", "split", "precision", "recall", "dice"])
+    return pd.DataFrame(rows, columns=["id", "label", "class", "split", "precision", "recall", "dice"])
 
 
 def mask_quality_by_class(per_subject: pd.DataFrame) -> pd.DataFrame:
     """Mean (SD) of precision, recall and Dice per class, from :func:`mask_quality`."""
     rows = []
-    for name, group in per_subject.groupby("class", sort=False):
-        rows.append({"class": name, "n": len(group),
+    for _, group in per_subject.groupby("label", sort=True):
+        rows.append({"class": group["class"].iloc[0], "n": len(group),
                      **{f"{m} mean": group[m].mean() for m in ("precision", "recall", "dice")},
                      **{f"{m} SD": group[m].std(ddof=1) if len(group) > 1 else 0.0
                         for m in ("precision", "recall", "dice")}})
@@ -82,6 +83,11 @@ def examples(data: dict[str, Any]) -> dict[int, dict[str, Any]]:
     for _, item in sorted(_items(data), key=lambda si: ("gt" not in si[1], str(si[1].get("id", si[1]["image"])))):
         out.setdefault(int(item.get("label", -1)), item)
     return {k: out[k] for k in sorted(out) if k >= 0}
+
+
+def _labels_of_item(item: dict[str, Any]) -> np.ndarray | None:
+    key = "gt" if "gt" in item else "binary" if "binary" in item else None
+    return load_nifti(item[key]).array if key else None
 
 
 def _slices(labelmap: np.ndarray, trachea: np.ndarray | None, meta: dict[str, Any]) -> tuple[int, int, int]:
@@ -112,9 +118,10 @@ def montage_figure(data: dict[str, Any], title: str = "") -> matplotlib.figure.F
                              squeeze=False)
     for row, (cls, item) in zip(axes, chosen.items()):
         image = load_nifti(item["image"])
-        labels = load_nifti(item["gt"] if "gt" in item else item["binary"]).array
+        labels = _labels_of_item(item)
         trachea = load_nifti(item["trachea"]).array if "trachea" in item else None
-        cut = _slices(labels, trachea, item.get("meta") or {})
+        cut = _slices(labels if labels is not None else np.zeros(image.array.shape, np.uint8), trachea,
+                      item.get("meta") or {})
         overlay_slices(image.array, None, slices=cut, axes=row[:3], spacing_mm=image.spacing)
         overlay_slices(image.array, labels, slices=cut, axes=row[3:], spacing_mm=image.spacing)
         row[0].set_ylabel(f"{classes.get(cls, cls)}\n{item.get('id', '')}", fontsize=10)
@@ -123,17 +130,19 @@ def montage_figure(data: dict[str, Any], title: str = "") -> matplotlib.figure.F
     return fig
 
 
-def renders_figure(data: dict[str, Any], title: str = "") -> matplotlib.figure.Figure:
-    """One 3D surface render per class (same cameras and box for every class)."""
+def renders_figure(data: dict[str, Any], title: str = "") -> matplotlib.figure.Figure | None:
+    """One 3D surface render per class (same cameras and box for every class); None without masks."""
     from fetalcmr.render import render_comparison
 
     classes = classes_of(data)
     maps, spacing = {}, None
     for cls, item in examples(data).items():
+        if "gt" not in item and "binary" not in item:
+            continue
         vol = load_nifti(item["gt"] if "gt" in item else item["binary"])
         maps[f"{classes.get(cls, cls)} ({item.get('id', '')})"] = vol.array
         spacing = vol.spacing
-    return render_comparison(maps, spacing, title=title or None)
+    return render_comparison(maps, spacing, title=title or None) if maps else None
 
 
 def atlas_figure(data: dict[str, Any], title: str = "") -> matplotlib.figure.Figure:
@@ -161,7 +170,7 @@ def mask_quality_figure(per_subject: pd.DataFrame, title: str = "") -> matplotli
     """Precision and recall of the manual masks per subject, by class (strip plot with means)."""
     import matplotlib.pyplot as plt
 
-    names = list(dict.fromkeys(per_subject["class"]))
+    names = list(dict.fromkeys(per_subject.sort_values("label")["class"]))
     fig, axes = plt.subplots(1, 2, figsize=(7.0, 3.0), constrained_layout=True, sharey=True)
     rng = np.random.default_rng(0)
     for ax, metric in zip(axes, ("precision", "recall")):
