@@ -44,6 +44,8 @@ class PropagationConfig:
     batch_size: int = 1
     ncc_window: int = 9  # local NCC window (voxels of the registration grid)
     label_interp: str = "onehot"  # label warping: "onehot" (warp indicators + argmax) or "nearest"
+    #: test subjects registered by the classical baselines (0 = all; stratified by class)
+    baseline_max_subjects: int = 0
 
 
 @dataclass(frozen=True)
@@ -121,7 +123,7 @@ def _smoke() -> Profile:
         name="smoke",
         cohort=CohortConfig(n_subjects=12, grid=48, spacing_mm=52.0 / 48,
                             class_fractions=(0.34, 0.33, 0.33), split_fractions=(0.5, 0.17, 0.33)),
-        propagation=PropagationConfig(grid=32, nb_features=(8, 8, 8, 8, 8), iterations=2),
+        propagation=PropagationConfig(grid=32, nb_features=(8, 8, 8, 8, 8), iterations=2, baseline_max_subjects=3),
         segmenter=SegmenterConfig(channels=(4, 8, 16), strides=(2, 2), epochs=1, batch_size=2),
         classifier=ClassifierConfig(arch="small", init_features=4, growth_rate=4,
                                     block_config=(2, 2), epochs=1, batch_size=2, seeds=(0, 1), grid=24),

@@ -43,6 +43,8 @@ from fetalcmr.io import DataError, Volume, load_nifti, normalise_intensity, save
 
 #: Bump when the meaning of saved model/outputs changes (part of every cache key).
 FORMAT_VERSION = 1
+#: PropagationConfig fields that do not change the trained network (kept out of its cache key).
+_NOT_TRAINING = frozenset({"label_interp", "baseline_max_subjects"})
 
 
 # --------------------------------------------------------------------------------------------
@@ -422,8 +424,8 @@ def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.
     lp_dir = Path(lp_dir)
     data = read_dataset(source_json)
     digest = dataset_digest(data)
-    train_key = content_key("vxm-train", FORMAT_VERSION, {k: v for k, v in vars(cfg).items() if k != "label_interp"},
-                            seed, digest, code_version())
+    train_cfg = {k: v for k, v in vars(cfg).items() if k not in _NOT_TRAINING}
+    train_key = content_key("vxm-train", FORMAT_VERSION, train_cfg, seed, digest, code_version())
     prop_key = content_key("vxm-propagate", train_key, cfg.label_interp)
     model_path = lp_dir / "vxm_model.pt"
     history_path = lp_dir / "vxm_history.csv"
