@@ -229,3 +229,12 @@ def test_tube_volume_property(radius, spacing):
     grid.paint_tube_sdf(sdf, tube, Pose.identity())
     expected = (np.pi * radius**2 * 20.0 + 4 / 3 * np.pi * radius**3) / spacing**3
     assert (sdf < 0).sum() == pytest.approx(expected, rel=0.2)
+
+
+def test_summaries_of_a_dataset_without_synthetic_metadata(tiny_dataset):
+    """Notebook 00 on a user's dataset: no gestational age, trachea or atlases; figures still drawn."""
+    data = validate_dataset(tiny_dataset)
+    table = summary.cohort_table(data)
+    assert table["total"].iloc[-1] == 5 and (table["GA weeks, mean (SD)"] == "n/a").all()
+    assert len(summary.mask_quality(data)) == 5
+    assert summary.montage_figure(data).axes and summary.renders_figure(data) is not None

@@ -106,6 +106,18 @@ def _slices(labelmap: np.ndarray, trachea: np.ndarray | None, meta: dict[str, An
     return i, j, int(np.clip(k, 0, labelmap.shape[2] - 1))
 
 
+def _label_legend(fig: matplotlib.figure.Figure, data: dict[str, Any]) -> None:
+    from matplotlib.patches import Patch
+
+    from fetalcmr.dataset import labels_of
+    from fetalcmr.render import label_colors
+
+    names = {k: v for k, v in labels_of(data).items() if k > 0}
+    colors = label_colors(sorted(names))
+    fig.legend(handles=[Patch(color=colors[k], label=v) for k, v in sorted(names.items())], loc="outside lower center",
+               ncol=min(len(names), 11), fontsize=8, frameon=False)
+
+
 def montage_figure(data: dict[str, Any], title: str = "") -> matplotlib.figure.Figure:
     """Orthogonal slices per class: image alone, then with the labels (truth, else manual mask)."""
     import matplotlib.pyplot as plt
@@ -125,6 +137,7 @@ def montage_figure(data: dict[str, Any], title: str = "") -> matplotlib.figure.F
         overlay_slices(image.array, None, slices=cut, axes=row[:3], spacing_mm=image.spacing)
         overlay_slices(image.array, labels, slices=cut, axes=row[3:], spacing_mm=image.spacing)
         row[0].set_ylabel(f"{classes.get(cls, cls)}\n{item.get('id', '')}", fontsize=10)
+    _label_legend(fig, data)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
@@ -161,6 +174,7 @@ def atlas_figure(data: dict[str, Any], title: str = "") -> matplotlib.figure.Fig
         overlay_slices(image.array, None, slices=cut, axes=row[:3], spacing_mm=image.spacing)
         overlay_slices(image.array, labels, slices=cut, axes=row[3:], spacing_mm=image.spacing)
         row[0].set_ylabel(f"atlas {classes.get(atlas['label'], atlas['label'])}", fontsize=10)
+    _label_legend(fig, data)
     if title:
         fig.suptitle(title, fontsize=11)
     return fig
