@@ -43,7 +43,7 @@ def _upsample_matrix(n: int, m: int) -> np.ndarray:
     return w
 
 
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: float) -> np.ndarray:
+def smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: float) -> np.ndarray:
     """Zero-mean, unit-SD smooth random field: coarse noise (knots ~``sigma_vox`` apart), interpolated."""
     knots = [max(3, int(round(s / max(sigma_vox, 1.0))) + 1) for s in shape]
     small = ndimage.gaussian_filter(rng.standard_normal(knots).astype(np.float32), 0.7)
@@ -65,7 +65,7 @@ def render_image(tissue: np.ndarray, p: SubjectParams, spacing: float,
     a = p.appearance
     img = tissue_lut(p)[tissue]
     lung = tissue == Tissue.LUNG
-    texture = _smooth_field(rng, tissue.shape, 3.0 / spacing)
+    texture = smooth_field(rng, tissue.shape, 3.0 / spacing)
     img[lung] *= 1.0 + a["lung_texture"] * texture[lung]
     lut = tissue_lut(p)
     for fraction, kind in overlays:

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from fetalcmr.anatomy import LABEL_INDEX
-from fetalcmr.synth.appearance import _smooth_field
+from fetalcmr.synth.appearance import smooth_field
 from fetalcmr.synth.geometry import Grid, Pose, Tube
 
 #: Labels whose distal ends annotators cut at varying lengths.
@@ -42,7 +42,7 @@ def manual_mask(gt: np.ndarray, tubes: dict[int, list[Tube]], grid: Grid, pose: 
             sdf = grid.empty_sdf()
             grid.paint_tube_sdf(sdf, distal, pose)
             union &= ~((sdf < 0) & (gt == label))
-    field = _smooth_field(rng, grid.shape, 4.0)
+    field = smooth_field(rng, grid.shape, 4.0)
     t = float(np.quantile(field, 1.0 - BOUNDARY_FRACTION))
     grown = ndimage.binary_dilation(union)
     shrunk = ndimage.binary_erosion(union)
