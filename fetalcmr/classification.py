@@ -108,6 +108,36 @@ def build_classifier(cfg: ClassifierConfig, kind: str, n_labels: int = N_LABELS)
                          make_classifier(cfg, input_channels(kind, n_labels)))
 
 
+def describe_classifier(cfg: ClassifierConfig, source_grid: int | None = None) -> str:
+    """Return a caption fragment naming the classifier network and its input grid."""
+    if cfg.arch == "densenet121":
+        net = "MONAI DenseNet121 (instance norm)"
+    else:
+        blocks = "-".join(str(b) for b in cfg.block_config)
+        net = (f"small MONAI DenseNet (init {cfg.init_features}, growth {cfg.growth_rate}, blocks {blocks}; "
+               "the reference uses DenseNet121)")
+    grid = cfg.grid or source_grid
+    return f"{net}, input {grid}³" + (f" average-pooled from {source_grid}³" if cfg.grid and source_grid
+                                       and cfg.grid != source_grid else "")
+
+
+def load_segmenter(checkpoint: str | os.PathLike[str], cfg: Any, n_labels: int = N_LABELS) -> tuple[nn.Module, str]:
+    """Return ``(segmenter in eval mode, digest of its checkpoint)`` from an engine checkpoint."""
+    from fetalcmr.cache import file_digest
+    from fetalcmr.models import make_segmenter
+    from fetalcmr.train import load_checkpoint
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: segmenter checkpoint not found (run notebook 02_segmentation first)")
+    model = make_segmenter(cfg, n_labels)
+    try:
+        model.load_state_dict(load_checkpoint(path)["model"])
+    except (KeyError, RuntimeError) as err:
+        raise ValueError(f"{path}: not a segmenter checkpoint for this profile ({err})") from None
+    return model.eval(), file_digest(path)
+
+
 # --------------------------------------------------------------------------------------------
 # inputs
 
@@ -179,6 +209,43 @@ def stack_inputs(samples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
                       torch.as_tensor(np.stack([s["image"] for s in samples]))], dim=1).float()
 
 
+@dataclass
+class ClassificationData:
+    """Classifier samples of every split (same order as the dataset's items), and their cache key."""
+
+    samples: dict[str, list[dict[str, Any]]]
+    items: dict[str, list[dict[str, Any]]]
+    data_key: str
+    softmax_path: Path
+
+
+def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, segmenter_key: str,
+                           cfg: ClassifierConfig, grid: int | None, spacing_mm: float | None,
+                           cache_dir: str | os.PathLike[str], progress: bool = True) -> ClassificationData:
+    """Return classifier samples for every split of ``data``, with the frozen segmenter's softmax cached.
+
+    Items are read through :func:`fetalcmr.data.make_samples` (image and label only; never
+    ``gt``) on the cohort grid; the softmax is computed once per (segmenter, subjects, grids)
+    and stored in ``cache_dir/softmax_<key>.npz``.
+    """
+    from fetalcmr.data import make_samples
+    from fetalcmr.dataset import SPLITS
+
+    items = {split: list(data.get(split) or []) for split in SPLITS}
+    raw = {split: make_samples(v, ("image", "label"), grid=grid, spacing_mm=spacing_mm) for split, v in items.items()}
+    key = content_key("softmax", segmenter_key, cfg.grid, grid, spacing_mm,
+                      {split: [s["id"] for s in v] for split, v in raw.items()})
+    path = Path(cache_dir) / f"softmax_{key}.npz"
+    if path.exists():
+        softmax = load_softmax(path)
+    else:
+        softmax = segmenter_softmax(segmenter, [s for v in raw.values() for s in v], grid=cfg.grid,
+                                    progress=progress)
+        save_softmax(path, softmax)
+    samples = {split: classification_samples(v, softmax, grid=cfg.grid) for split, v in raw.items()}
+    return ClassificationData(samples=samples, items=items, data_key=key, softmax_path=path)
+
+
 # --------------------------------------------------------------------------------------------
 # training and prediction
 
@@ -237,6 +304,7 @@ class ClassificationRun:
     train_seconds: float
     infer_seconds_per_subject: float
     out_dir: Path
+    model: nn.Module
 
 
 def run_experiments(cfg: ClassifierConfig, train_samples: Sequence[dict[str, Any]],
@@ -262,7 +330,7 @@ def run_experiments(cfg: ClassifierConfig, train_samples: Sequence[dict[str, Any
             preds = prediction_frame([s["id"] for s in test_samples], [s["label"] for s in test_samples],
                                      probs, kind=kind, seed=seed)
             seconds = float(res.history["seconds"].sum()) if "seconds" in res.history else float("nan")
-            runs.append(ClassificationRun(kind, seed, preds, res.history, seconds, infer, res.out_dir))
+            runs.append(ClassificationRun(kind, seed, preds, res.history, seconds, infer, res.out_dir, res.model))
     return runs
 
 
@@ -364,6 +432,87 @@ def confusion_cases(predictions: pd.DataFrame, items: Sequence[Mapping[str, Any]
             row[f"mean_{k}"] = float(v.mean()) if len(v) else float("nan")
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def describe_confusions(predictions: pd.DataFrame, items: Sequence[Mapping[str, Any]],
+                        classes: Mapping[int, str] = CLASSES, daa: int = 2) -> str:
+    """Return sentences naming each input type's most frequent confusion and, for DAA subjects,
+    the minor-arch ratio of those called DAA against those called otherwise."""
+    df = with_metadata(predictions, items)
+    lines = []
+    for kind, g in df.groupby("kind", sort=False):
+        wrong = g[g["label"] != g["pred"]]
+        if wrong.empty:
+            lines.append(f"{kind}: no test subject misclassified by any seed.")
+            continue
+        (t, p), n = next(iter(wrong.groupby(["label", "pred"]).size().sort_values(ascending=False).items()))
+        text = (f"{kind}: {len(wrong)} of {len(g)} subject-seed predictions wrong; most often "
+                f"{classes[int(t)]} called {classes[int(p)]} ({n}).")
+        d = g[g["label"] == daa]
+        ratio = pd.to_numeric(d["daa_minor_ratio"], errors="coerce")
+        ok, missed = ratio[d["pred"] == daa].dropna(), ratio[d["pred"] != daa].dropna()
+        if len(missed) and len(ok):
+            text += (f" DAA minor-arch ratio: {missed.mean():.2f} where DAA was missed vs {ok.mean():.2f} "
+                     "where it was found.")
+        elif len(missed):
+            text += f" Every DAA prediction missed (minor-arch ratio {missed.mean():.2f} on average)."
+        lines.append(text)
+    return "\n".join(lines)
+
+
+def plot_confusions(predictions: pd.DataFrame, kinds: Sequence[str], classes: Mapping[int, str] = CLASSES) -> Any:
+    """Return a figure with one confusion matrix per input type (counts summed over seeds)."""
+    import matplotlib.pyplot as plt
+
+    from fetalcmr.classmetrics import plot_confusion
+
+    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.4), squeeze=False)
+    names = [classes[c] for c in sorted(classes)]
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        n_seeds = predictions.loc[predictions["kind"] == kind, "seed"].nunique()
+        plot_confusion(pooled_confusion(predictions, kind, len(classes)), names, ax,
+                       title=f"{kind} ({n_seeds} seed{'s' if n_seeds != 1 else ''})")
+    fig.tight_layout()
+    return fig
+
+
+def plot_reliability_by_kind(predictions: pd.DataFrame, kinds: Sequence[str], n_bins: int = 10) -> Any:
+    """Return a figure: reliability curves per input type (left) and confidence histograms (right)."""
+    import matplotlib.pyplot as plt
+
+    from fetalcmr.calibration import plot_reliability
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
+    plot_reliability({k: pooled_reliability(predictions, k, n_bins) for k in kinds}, axes[0],
+                     title="reliability (pooled over seeds)")
+    for kind in kinds:
+        conf = probs_of(predictions[predictions["kind"] == kind]).max(1)
+        axes[1].hist(conf, bins=np.linspace(0, 1, n_bins + 1), histtype="step", lw=1.5, label=kind)
+    axes[1].set(xlabel="confidence (top class)", ylabel="subject-seed predictions", title="confidence")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_daa_ratio(predictions: pd.DataFrame, items: Sequence[Mapping[str, Any]], kinds: Sequence[str],
+                   daa: int = 2) -> Any:
+    """Return a figure: per DAA test subject, the share of seeds calling it DAA against its minor-arch ratio."""
+    import matplotlib.pyplot as plt
+
+    df = with_metadata(predictions, items)
+    d = df[df["label"] == daa].copy()
+    d["called_daa"] = (d["pred"] == daa).astype(float)
+    fig, ax = plt.subplots(figsize=(5.2, 3.6))
+    for i, kind in enumerate(kinds):
+        g = d[d["kind"] == kind].groupby("id").agg(ratio=("daa_minor_ratio", "first"), share=("called_daa", "mean"))
+        ratio = pd.to_numeric(g["ratio"], errors="coerce")
+        ax.scatter(ratio, g["share"] + (i - 1) * 0.03, label=kind, s=30, alpha=0.8)
+    ax.set(xlabel="DAA minor (left) / dominant arch diameter ratio", ylabel="share of seeds calling it DAA",
+           ylim=(-0.1, 1.1), title="DAA test subjects")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 # --------------------------------------------------------------------------------------------

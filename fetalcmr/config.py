@@ -62,6 +62,11 @@ class SegmenterConfig:
     #: weight of the binary (manual mask) term: start, increment, every N epochs
     binary_weight: tuple[float, float, int] = (1.0, 0.05, 50)
     aug_prob: float = 0.3
+    #: side of random vessel-centred training patches (None: whole volumes, as the reference);
+    #: inference always runs on the whole grid
+    patch: int | None = None
+    #: validate (and consider a best checkpoint) every N epochs
+    val_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -140,13 +145,13 @@ def _default() -> Profile:
         propagation=PropagationConfig(grid=32, iterations=600),
         segmenter=SegmenterConfig(channels=(16, 32, 64, 128, 256), epochs=30, batch_size=2),
         classifier=ClassifierConfig(arch="small", epochs=8, batch_size=4, lr=1e-3, grid=32),
-        joint=JointConfig(epochs=1, sweep_epochs=1, sweep_subjects=18, batch_size=2),
+        joint=JointConfig(epochs=1, sweep_epochs=1, sweep_subjects=12, batch_size=2),
         reductions=(
             "grid 64^3 at 0.8 mm instead of 80^3 at 0.65 mm (same ~52 mm field of view)",
             "Attention U-Net channels 16-256 instead of 32-512",
             "classifier: small MONAI DenseNet (init 16, growth 16, blocks 4-8-8) instead of DenseNet121, "
             "reading its inputs average-pooled to 32^3; 8 epochs at lr 1e-3 instead of 300 at 1e-4",
-            "joint fine-tuning: 1 epoch per run (lr 1e-4, batch 2); lambda sweep: 1 epoch on 18 training "
+            "joint fine-tuning: 1 epoch per run (lr 1e-4, batch 2); lambda sweep: 1 epoch on 12 training "
             "subjects per lambda; ensemble members share the separately trained segmenter",
             "epochs reduced to fit 2 CPU cores",
         ),

@@ -209,3 +209,25 @@ def test_sweep_table_and_subset() -> None:
     sub = stratified_subset(samples, 4, seed=0)
     assert len(sub) == 4 and {s["label"] for s in sub} == {0, 1, 2}
     assert stratified_subset(samples, None) == samples
+
+
+def test_verdict_states_reproduced_only_with_significant_daa_gain() -> None:
+    from fetalcmr.joint import verdict
+
+    comparison = pd.DataFrame({"method": ["separate", "joint", "lambda0"], "balanced_accuracy": [0.95, 0.99, 0.95]})
+    tests = pd.DataFrame([
+        {"a": "joint", "b": "separate", "subset": "all", "n": 20, "mean_a": 0.8, "mean_b": 0.78, "mean_diff": 0.02,
+         "statistic": 10.0, "p": 0.01},
+        {"a": "joint", "b": "separate", "subset": "DAA classified correctly", "n": 8, "mean_a": 0.8, "mean_b": 0.7,
+         "mean_diff": 0.1, "statistic": 0.0, "p": 0.008},
+        {"a": "joint", "b": "lambda0", "subset": "all", "n": 20, "mean_a": 0.8, "mean_b": 0.8, "mean_diff": 0.0,
+         "statistic": 50.0, "p": 0.9},
+    ])
+    text = verdict(comparison, tests)
+    assert "balanced accuracy after joint training was REPRODUCED" in text
+    assert "DAA cases was REPRODUCED" in text and "significantly better" in text
+    tests.loc[1, "p"] = 0.3
+    text = verdict(comparison, tests)
+    assert "DAA cases was NOT reproduced" in text and "not significantly different" in text
+    comparison.loc[1, "balanced_accuracy"] = 0.6
+    assert "NOT kept" in verdict(comparison, tests)
