@@ -20,7 +20,7 @@ from fetalcmr.dataset import write_dataset
 from fetalcmr.io import save_nifti
 
 
-def make_toy_dataset(folder: Path, n: int = 6, size: int = 16, seed: int = 0) -> Path:
+def make_toy_dataset(folder: Path, n: int = 6, size: int = 16, seed: int = 0, n_test: int = 1) -> Path:
     """Write ``n`` tiny subjects (image, binary, lp, gt; 3 classes) and return their dataset.json.
 
     Three tube-shaped vessels (AO, DAO, MPA) on a bright background; ``lp`` is ``gt`` shifted by
@@ -44,7 +44,7 @@ def make_toy_dataset(folder: Path, n: int = 6, size: int = 16, seed: int = 0) ->
         save_nifti(paths["lp"], np.roll(gt, 1, axis=0), affine)
         save_nifti(paths["gt"], gt, affine)
         items.append({"id": f"sub-{i:03d}", "label": i % 3, **{k: str(v) for k, v in paths.items()}})
-    n_train = max(n - 2, 1)
+    n_train = max(n - 1 - n_test, 1)
     data = {"name": "toy", "synthetic": True, "labels": {str(k): v for k, v in LABELS.items()},
             "classes": {str(k): v for k, v in CLASSES.items()}, "spacing_mm": [1.0, 1.0, 1.0],
             "training": items[:n_train], "validation": items[n_train:n_train + 1],

@@ -1,0 +1,123 @@
+"""Segmentation experiments: the four methods end to end on a toy cohort, caching, evaluation
+tables and the paired tests."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from ddp_smoke import make_toy_dataset
+from scipy.stats import wilcoxon
+
+from fetalcmr.config import SegmenterConfig
+from fetalcmr.dataset import read_dataset
+from fetalcmr.segmentation import (
+    METHOD_LABELS,
+    by_class_table,
+    coronal_projection,
+    dice_table,
+    load_softmax,
+    method_checkpoint,
+    pick_subjects,
+    plot_dice_boxplots,
+    plot_overlays,
+    run_segmentation,
+    wilcoxon_tests,
+)
+from fetalcmr.train import load_checkpoint
+
+CFG = SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.0, epochs=1, batch_size=2, patch=8)
+
+
+def test_four_methods_end_to_end(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    data = read_dataset(make_toy_dataset(tmp_path / "data", n=7, size=16, n_test=2))
+    dirs = {k: tmp_path / k for k in ("models", "pred", "results")}
+    kw = dict(models_dir=dirs["models"], predictions_dir=dirs["pred"], results_dir=dirs["results"],
+              grid=None, spacing_mm=None, seed=0, progress=False)
+    stage = run_segmentation(data, CFG, **kw)
+    assert set(stage.predictions) == {"a", "b", "c", "d"}
+    test_ids = [it["id"] for it in data["testing"]]
+    for method in ("lp", "net_lp", "net_lp_manual", "net_manual"):
+        for sid in test_ids:
+            img = nib.load(dirs["pred"] / method / f"{sid}.nii.gz")
+            assert np.allclose(img.affine, nib.load(data["testing"][0]["image"]).affine)
+    # (a) is the propagated label map itself
+    lp = np.asarray(nib.load(data["testing"][0]["lp"]).dataobj)
+    assert np.array_equal(stage.predictions["a"][test_ids[0]], lp)
+    per_label = pd.read_csv(dirs["results"] / "segmentation_per_label.csv")
+    region = pd.read_csv(dirs["results"] / "segmentation_region.csv")
+    assert set(per_label["method"]) == {"a", "b", "c"} and set(region["method"]) == {"a", "b", "c", "d"}
+    assert len(per_label) == 3 * 2 * 11
+    # the oracle LP of the toy data is gt shifted by one voxel: known Dice per tube (3x3 cross-section)
+    ao = per_label[(per_label["method"] == "a") & (per_label["name"] == "AO")]["dice"]
+    assert np.allclose(ao, 2 / 3)
+    # softmax of (c) saved for every subject, float16, sums to one
+    n_all = sum(len(data[s]) for s in ("training", "validation", "testing"))
+    files = sorted(stage.softmax_dir.glob("*.npz"))
+    assert len(files) == n_all
+    soft = load_softmax(files[0])
+    assert soft.shape == (12, 16, 16, 16) and np.allclose(soft.sum(0), 1, atol=1e-2)
+    assert "model" in load_checkpoint(method_checkpoint(dirs["models"], "c"))
+    # second run reuses the trained networks
+    again = run_segmentation(data, CFG, **kw)
+    assert all(r.resumed_from == CFG.epochs for r in again.runs.results.values())
+    other = run_segmentation(data, dataclasses.replace(CFG, lr=5e-4), **kw)
+    assert all(r.resumed_from == 0 for r in other.runs.results.values())
+
+
+def _toy_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = np.random.default_rng(0)
+    rows, region = [], []
+    for i in range(8):
+        for m, base in (("a", 0.6), ("b", 0.7), ("c", 0.8)):
+            for lab, name in ((4, "AO"), (6, "DAO")):
+                rows.append({"method": m, "id": f"s{i}", "class": "CoA" if i % 2 else "DAA", "label": lab,
+                             "name": name, "dice": base + 0.05 * rng.standard_normal()})
+        for m in "abcd":
+            region.append({"method": m, "id": f"s{i}", "class": "CoA" if i % 2 else "DAA",
+                           "dice": 0.9, "sensitivity": 0.9, "specificity": 0.99, "precision": 0.9})
+    return pd.DataFrame(rows), pd.DataFrame(region)
+
+
+def test_wilcoxon_matches_scipy_on_subject_means() -> None:
+    per_label, _ = _toy_tables()
+    tests = wilcoxon_tests(per_label)
+    means = per_label.groupby(["id", "method"])["dice"].mean().unstack()
+    expect = wilcoxon(means["c"], means["a"])
+    row = tests.iloc[0]
+    assert row["comparison"] == f"{METHOD_LABELS['c']} vs {METHOD_LABELS['a']}"
+    assert row["wilcoxon_W"] == pytest.approx(expect.statistic) and row["p_value"] == pytest.approx(expect.pvalue)
+    assert row["subjects_improved"] == 8 and len(tests) == 2
+
+
+def test_tables_and_figures() -> None:
+    per_label, region = _toy_tables()
+    table = dice_table(per_label, region)
+    assert list(table["label"]) == ["AO", "DAO", "vessel region (binary)"]
+    assert table.loc[2, METHOD_LABELS["d"]] == "0.900 (0.000)" and table.loc[0, METHOD_LABELS["d"]] == "–"
+    sub = per_label[(per_label["method"] == "c") & (per_label["name"] == "AO")]["dice"]
+    assert table.loc[0, METHOD_LABELS["c"]] == f"{sub.mean():.3f} ({sub.std():.3f})"
+    assert set(by_class_table(per_label, region)["class"]) == {"CoA", "DAA"}
+    picks = pick_subjects(per_label)
+    means = per_label[per_label["method"] == "c"].groupby("id")["dice"].mean()
+    assert picks["best"] == means.idxmax() and picks["worst"] == means.idxmin()
+    assert len(plot_dice_boxplots(per_label, region).axes) == 2
+    vol = np.zeros((8, 8, 8), np.uint8)
+    vol[2:4, 2:4, 2:4] = 4
+    case = {"image": np.random.default_rng(0).random((8, 8, 8)), "gt": vol, "pred": vol, "dice": 1.0}
+    assert len(plot_overlays({"best": case, "worst": case}).axes) == 8
+
+
+def test_coronal_projection_shows_the_most_anterior_vessel() -> None:
+    vol = np.zeros((3, 5, 3), np.uint8)
+    vol[1, 1, 1] = 6  # posterior
+    vol[1, 3, 1] = 4  # anterior (larger y)
+    vol[0, 0, 0] = 7
+    proj = coronal_projection(vol)
+    assert proj[1, 1] == 4 and proj[0, 0] == 7 and proj[2, 2] == 0
