@@ -209,6 +209,21 @@ def stack_inputs(samples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
                       torch.as_tensor(np.stack([s["image"] for s in samples]))], dim=1).float()
 
 
+def stored_softmax(folder: str | os.PathLike[str], ids: Sequence[str], *, grid: int | None,
+                   record: str = "done.json") -> dict[str, np.ndarray] | None:
+    """Return ``{id: softmax pooled to grid}`` from ``folder/<id>.npz`` (key ``softmax``), or None
+    when the folder's ``record`` is missing or any subject's file is."""
+    folder = Path(folder)
+    files = [folder / f"{i}.npz" for i in ids]
+    if not (folder / record).exists() or not all(f.exists() for f in files):
+        return None
+    out = {}
+    for i, f in zip(ids, files, strict=True):
+        with np.load(f) as z:
+            out[str(i)] = pool_to(z["softmax"].astype(np.float32), grid)
+    return out
+
+
 @dataclass
 class ClassificationData:
     """Classifier samples of every split (same order as the dataset's items), and their cache key."""
@@ -221,12 +236,15 @@ class ClassificationData:
 
 def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, segmenter_key: str,
                            cfg: ClassifierConfig, grid: int | None, spacing_mm: float | None,
-                           cache_dir: str | os.PathLike[str], progress: bool = True) -> ClassificationData:
+                           cache_dir: str | os.PathLike[str], softmax_dir: str | os.PathLike[str] | None = None,
+                           progress: bool = True) -> ClassificationData:
     """Return classifier samples for every split of ``data``, with the frozen segmenter's softmax cached.
 
     Items are read through :func:`fetalcmr.data.make_samples` (image and label only; never
-    ``gt``) on the cohort grid; the softmax is computed once per (segmenter, subjects, grids)
-    and stored in ``cache_dir/softmax_<key>.npz``.
+    ``gt``) on the cohort grid. The softmax, pooled to the classifier grid, is stored once per
+    (segmenter, subjects, grids) in ``cache_dir/softmax_<key>.npz``. It is read from
+    ``softmax_dir/<id>.npz`` (written by notebook 02 for the same segmenter, completed by its
+    ``done.json``) when every subject is there, else computed here.
     """
     from fetalcmr.data import make_samples
     from fetalcmr.dataset import SPLITS
@@ -236,11 +254,13 @@ def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, seg
     key = content_key("softmax", segmenter_key, cfg.grid, grid, spacing_mm,
                       {split: [s["id"] for s in v] for split, v in raw.items()})
     path = Path(cache_dir) / f"softmax_{key}.npz"
+    everyone = [s for v in raw.values() for s in v]
     if path.exists():
         softmax = load_softmax(path)
     else:
-        softmax = segmenter_softmax(segmenter, [s for v in raw.values() for s in v], grid=cfg.grid,
-                                    progress=progress)
+        softmax = stored_softmax(softmax_dir, [s["id"] for s in everyone], grid=cfg.grid) if softmax_dir else None
+        if softmax is None:
+            softmax = segmenter_softmax(segmenter, everyone, grid=cfg.grid, progress=progress)
         save_softmax(path, softmax)
     samples = {split: classification_samples(v, softmax, grid=cfg.grid) for split, v in raw.items()}
     return ClassificationData(samples=samples, items=items, data_key=key, softmax_path=path)

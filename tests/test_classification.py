@@ -194,3 +194,18 @@ def test_benchmark_reports_every_input_type() -> None:
     for kind in INPUT_KINDS:
         assert out[kind]["train_s_per_sample"] == 0.5 and out[kind]["infer_s_per_sample"] == 0.1
     assert len(calls) == 3 and calls[0][1] == 13
+
+
+def test_stored_softmax_is_read_and_pooled_only_when_complete(tmp_path: Path) -> None:
+    from fetalcmr.classification import stored_softmax
+
+    soft = np.random.default_rng(0).dirichlet(np.ones(12), size=(16, 16, 16)).transpose(3, 0, 1, 2)
+    for i in ("a", "b"):
+        np.savez_compressed(tmp_path / f"{i}.npz", softmax=soft.astype(np.float16), affine=np.eye(4))
+    assert stored_softmax(tmp_path, ["a", "b"], grid=8) is None  # no completion record
+    (tmp_path / "done.json").write_text("{}")
+    assert stored_softmax(tmp_path, ["a", "c"], grid=8) is None  # a subject missing
+    out = stored_softmax(tmp_path, ["a", "b"], grid=8)
+    assert out is not None and out["a"].shape == (12, 8, 8, 8)
+    np.testing.assert_allclose(out["a"].sum(0), 1.0, atol=1e-2)
+    np.testing.assert_allclose(out["b"][:, 0, 0, 0], soft[:, :2, :2, :2].mean(axis=(1, 2, 3)), atol=1e-3)
