@@ -35,9 +35,11 @@ TRUTH = "truth"
 LP = "LP"
 #: Reviewed network methods and the folder names under ``predictions_dir`` that feed them, compared
 #: after lower-casing and dropping everything but letters and digits (first folder found wins).
+#: Notebook 02 writes ``net_lp`` and ``net_lp_manual`` (``segmentation.METHODS``; its ``lp`` folder is
+#: the LP baseline, read here from the items' ``lp``), notebook 04 writes ``joint``.
 METHOD_FOLDERS: dict[str, tuple[str, ...]] = {
-    "LP-only": ("lponly", "lp", "lpnet"),
-    "LP+manual": ("lpmanual", "lpbinary", "lpplusmanual", "separate"),
+    "LP-only": ("netlp", "lponly", "lpnet"),
+    "LP+manual": ("netlpmanual", "lpmanual", "lpbinary", "lpplusmanual", "separate"),
     "joint": ("joint", "jointlambda14"),
 }
 #: Display order of the methods in tables and figures.
@@ -117,7 +119,7 @@ def load_case(item: Mapping[str, Any], method_files: Mapping[str, str | Path], *
 
     ``method_files`` maps a method to its label-map file for this subject (the LP baseline is
     ``item["lp"]``; add it as ``{LP: item["lp"]}``). Every map, the truth (``item["gt"]``) and the
-    trachea (``item["trachea"]``) are resampled onto the first method's grid;
+    trachea (``item["trachea"]``) are resampled onto the grid of the first method other than LP;
     ``meta["trachea_x_vox"]`` is moved onto it through the affines.
     """
     if not method_files:
@@ -126,7 +128,7 @@ def load_case(item: Mapping[str, Any], method_files: Mapping[str, str | Path], *
         raise DataError(f"{item.get('image', item.get('id'))}: test item has no anomaly class 'label'; "
                         "the topology verdict needs the class whose template it checks")
     vols = {m: load_nifti(p) for m, p in method_files.items()}
-    ref = next(iter(vols.values()))
+    ref = vols[next((m for m in vols if m != LP), next(iter(vols)))]  # a network's grid when there is one
     maps: dict[str, np.ndarray] = {}
     if with_truth and item.get("gt"):
         maps[TRUTH] = _labels(_onto(load_nifti(item["gt"]), ref))

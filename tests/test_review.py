@@ -149,11 +149,13 @@ def test_review_table_flags_broken_prediction(tmp_path: Path, daa_subject: Any) 
     save_nifti(paths["lp"], sub.gt, sub.affine)
     broken = sub.gt.copy()
     broken[broken == LABEL_INDEX["LSA"]] = 0
-    save_nifti(tmp_path / "pred" / "LP+manual" / "sub-001.nii.gz", sub.gt, sub.affine)
+    save_nifti(tmp_path / "pred" / "net_lp_manual" / "sub-001.nii.gz", sub.gt, sub.affine)  # notebook 02's name
     save_nifti(tmp_path / "pred" / "joint" / "sub-001.nii.gz", broken, sub.affine)
+    save_nifti(tmp_path / "pred" / "lp" / "sub-001.nii.gz", sub.gt, sub.affine)  # LP baseline: not a network
     (tmp_path / "pred" / "notes").mkdir()  # folders without label maps are ignored
     dirs = rv.find_method_dirs(tmp_path / "pred")
-    assert set(dirs) == {"LP+manual", "joint"}
+    assert dirs == {"LP+manual": tmp_path / "pred" / "net_lp_manual", "joint": tmp_path / "pred" / "joint"}
+    assert rv.find_method_dirs(tmp_path / "absent") == {}
     item = {"id": "sub-001", "label": 2, "meta": dict(sub.meta), **{k: str(p) for k, p in paths.items()}}
     item2 = {**item, "id": "sub-002"}  # no predictions of its own: named in the messages
     cases, messages = rv.load_cases([item, item2], dirs)
