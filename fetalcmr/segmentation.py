@@ -338,7 +338,7 @@ def plot_overlays(cases: Mapping[str, Mapping[str, Any]], *, method_label: str =
 
     ``cases`` maps a row title to ``{"image": [x,y,z], "gt": [x,y,z], "pred": [x,y,z], "dice": float}``.
     Arrays are RAS (x to the subject's right): displayed in radiological convention (subject's
-    right on the viewer's left).
+    right on the viewer's left), anterior (axial) or superior (front view) up.
     """
     import matplotlib.pyplot as plt
 
@@ -354,6 +354,8 @@ def plot_overlays(cases: Mapping[str, Mapping[str, Any]], *, method_label: str =
                  (f"{method_label}, axial z={z}", image[:, :, z], pred[:, :, z])]
         for c, (label, background, lab) in enumerate(views):
             ax = axes[r, c]
+            lab = lab[::-1]  # radiological display: the subject's right (+x) on the viewer's left
+            background = None if background is None else background[::-1]
             if background is not None:
                 ax.imshow(background.T, cmap="gray", origin="lower")
             else:

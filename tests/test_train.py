@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -130,10 +131,16 @@ def test_classify_and_joint_modes(toy: dict[str, Any], tmp_path: Path) -> None:
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     script = Path(__file__).with_name("ddp_smoke.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--standalone", str(script), str(tmp_path)],
-                          env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--standalone", str(script), str(tmp_path)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both workers
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
     ranks = json.loads((tmp_path / "ranks.json").read_text())
     assert ranks["world_size"] == 2 and ranks["epochs"] == 2
     assert ranks["checksums"][0] == pytest.approx(ranks["checksums"][1], rel=1e-9)  # DDP kept ranks in sync
