@@ -46,6 +46,8 @@ class PropagationConfig:
     label_interp: str = "onehot"  # label warping: "onehot" (warp indicators + argmax) or "nearest"
     #: test subjects registered by the classical baselines (0 = all; stratified by class)
     baseline_max_subjects: int = 0
+    #: Adam steps of the affine pre-alignment at half and full registration grid (() = none)
+    affine_steps: tuple[int, ...] = (40, 20)
 
 
 @dataclass(frozen=True)
@@ -142,7 +144,7 @@ def _default() -> Profile:
     return Profile(
         name="default",
         cohort=CohortConfig(n_subjects=90, grid=64, spacing_mm=0.8),
-        propagation=PropagationConfig(grid=32, iterations=600),
+        propagation=PropagationConfig(grid=32, iterations=600, baseline_max_subjects=15),
         segmenter=SegmenterConfig(channels=(16, 32, 64, 128, 256), epochs=30, batch_size=2),
         classifier=ClassifierConfig(arch="small", epochs=8, batch_size=4, lr=1e-3, grid=32),
         joint=JointConfig(epochs=1, sweep_epochs=1, sweep_subjects=12, batch_size=2),
