@@ -144,7 +144,8 @@ def _default() -> Profile:
     return Profile(
         name="default",
         cohort=CohortConfig(n_subjects=90, grid=64, spacing_mm=0.8),
-        propagation=PropagationConfig(grid=32, iterations=600, baseline_max_subjects=15),
+        propagation=PropagationConfig(grid=32, iterations=800, lr=2e-3, weight_dice=2.0, integration_steps=5,
+                                      baseline_max_subjects=15),
         segmenter=SegmenterConfig(channels=(16, 32, 64, 128, 256), epochs=30, batch_size=2),
         classifier=ClassifierConfig(arch="small", epochs=8, batch_size=4, lr=1e-3, grid=32),
         joint=JointConfig(epochs=1, sweep_epochs=1, sweep_subjects=12, batch_size=2),

@@ -18,6 +18,14 @@ transform is diffeomorphic up to discretisation. The network runs on a reduced c
 (``PropagationConfig.grid``); images are area-downsampled to it and the displacement field is
 trilinearly upsampled (and rescaled to full-grid voxels) to warp the labels at the cohort grid.
 
+VoxelMorph assumes affinely pre-aligned pairs. Here each atlas is first aligned to its subject by
+a fast affine fitted with Adam on the global correlation coefficient (:func:`affine_align`,
+``affine_steps``; a few tenths of a second at 32³); the network then learns the residual
+deformation ``u`` and the final map is ``x -> A(x + u(x))``. Measured on an 18-subject 64³
+development cohort: without it, 300 iterations of the amortised network left the test labels
+below affine-only accuracy (mean Dice 0.45 vs 0.63); the network spends its first hundreds of
+iterations learning pose.
+
 Only ``image``, ``binary``, ``label`` and the atlases are read (:func:`fetalcmr.dataset.training_view`);
 ``gt`` never is.
 """

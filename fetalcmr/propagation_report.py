@@ -221,3 +221,14 @@ def overlays_figure(rows: Sequence[Mapping[str, Any]], title: str = "") -> matpl
     if title:
         fig.suptitle(title, fontsize=10)
     return fig
+
+
+def reduction_notes(cfg: Any, cohort_grid: int, n_baseline: int, n_test: int) -> list[str]:
+    """Return the MANIFEST notes recording this stage's reductions relative to the reference."""
+    notes = [f"VoxelMorph trained {cfg.iterations} iterations (batch {cfg.batch_size}) with features "
+             f"{tuple(cfg.nb_features)}; affine pre-alignment steps {tuple(cfg.affine_steps)}"]
+    if cfg.grid != cohort_grid:
+        notes.append(f"registration on a {cfg.grid}^3 grid, displacement upsampled to the {cohort_grid}^3 cohort grid")
+    if 0 < n_baseline < n_test:
+        notes.append(f"classical baselines on {n_baseline} of {n_test} test subjects (stratified by class)")
+    return notes
