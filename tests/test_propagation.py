@@ -286,3 +286,25 @@ def test_affine_align_recovers_a_translation() -> None:
     before = (lab == truth)[truth > 0].mean()
     after = (out == truth)[truth > 0].mean()
     assert after > before + 0.2 and after > 0.7, (before, after)
+
+
+def test_methods_table_aggregates_per_method() -> None:
+    import pandas as pd
+
+    from fetalcmr.propagation_report import methods_table
+
+    per_subject = pd.DataFrame({"method": ["voxelmorph", "voxelmorph", "affine"], "id": ["a", "b", "a"],
+                                "class": [0, 2, 0], "mean_dice": [0.8, 0.6, 0.5], "fg_dice_binary": [0.9, 0.7, 0.6],
+                                "arch_loops_ok": [1, 0, 1]})
+    per_label = pd.DataFrame({"method": ["voxelmorph"] * 2 + ["affine"], "id": ["a", "b", "a"], "class": [0, 2, 0],
+                              "label": [1, 1, 1], "dice": [0.8, 0.6, 0.5], "hd95": [1.0, np.inf, 2.0],
+                              "asd": [0.5, np.inf, 1.0]})
+    timing = pd.DataFrame({"method": ["voxelmorph", "voxelmorph", "affine"], "id": ["a", "b", "a"],
+                           "seconds": [0.2, 0.4, 2.0], "fold_fraction": [0.0, 0.01, 0.0]})
+    t = methods_table(per_subject, per_label, timing, {0: "CoA", 1: "RAA", 2: "DAA"}).set_index("method")
+    vxm = t.loc["VoxelMorph (test, oracle class)"]
+    assert vxm["dice_mean"] == pytest.approx(0.7) and vxm["dice_CoA"] == pytest.approx(0.8)
+    assert vxm["dice_DAA"] == pytest.approx(0.6) and np.isnan(vxm["dice_RAA"])
+    assert vxm["asd_mean_mm"] == pytest.approx(0.5) and vxm["arch_topology_ok"] == pytest.approx(0.5)
+    assert vxm["fold_percent"] == pytest.approx(0.5) and vxm["seconds_per_subject"] == pytest.approx(0.3)
+    assert t.loc["Affine only", "subjects"] == 1
