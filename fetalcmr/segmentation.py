@@ -45,6 +45,8 @@ METHOD_LABELS: Mapping[str, str] = {"a": "(a) LP", "b": "(b) net: LP", "c": "(c)
                                     "d": "(d) net: manual"}
 #: Network methods -> supervision targets of the segmentation loss.
 TARGETS: Mapping[str, str] = {"b": "lp", "c": "lp+binary", "d": "binary"}
+#: Modules whose code a trained network depends on (its cache key hashes them).
+TRAINING_MODULES: tuple[str, ...] = ("train", "models", "losses", "transforms", "data", "io", "dataset", "anatomy")
 #: Methods evaluated per vessel label ((d) has no vessel identities: region only).
 MULTICLASS_METHODS: tuple[str, ...] = ("a", "b", "c")
 
@@ -109,7 +111,7 @@ def train_segmenters(data: Mapping[str, Any], cfg: SegmenterConfig, models_dir: 
     for method in methods:
         tcfg = train_config(cfg, method, seed)
         run_key = content_key("segmenter", method, dataclasses.asdict(cfg), tcfg.to_dict(), seed, digest,
-                              grid, spacing_mm, code_version())
+                              grid, spacing_mm, code_version(*TRAINING_MODULES))
         results[method] = train(lambda: make_segmenter(cfg), train_samples, val_samples, tcfg,
                                 segmenter_dir(models_dir, method), run_key=run_key, progress=progress)
         run_keys[method] = run_key

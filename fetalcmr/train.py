@@ -71,7 +71,8 @@ class TrainConfig:
     #: weights returned at the end: "best" validation metric or "last" epoch
     select: str = "best"
     amp: bool = True
-    num_workers: int = 0
+    #: data-loader worker processes; None: 0 on CPU (the cores train), up to 4 per GPU
+    num_workers: int | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -403,6 +404,8 @@ def train(make_model: Callable[[], nn.Module], train_samples: Sequence[dict[str,
                             patch=cfg.patch if cfg.mode == "segment" else None) if cfg.aug_prob > 0 or cfg.patch \
         else None
     labels = [int(s.get("label", 0)) for s in train_samples]
+    workers = cfg.num_workers if cfg.num_workers is not None else (
+        min(4, max(available_cores() // rt.world_size - 1, 0)) if rt.device.type == "cuda" else 0)
     bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
                desc=f"{cfg.mode} {out_dir.name}", disable=not (progress and rt.is_main), leave=False)
     for epoch in bar:
@@ -412,8 +415,8 @@ def train(make_model: Callable[[], nn.Module], train_samples: Sequence[dict[str,
                                    world_size=rt.world_size, balanced=cfg.balanced)
         ds = EpochDataset(train_samples, indices, pipeline, (*cfg.sample_keys, "label"), seed=cfg.seed,
                           epoch=epoch, rank=rt.rank)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.num_workers,
-                            pin_memory=rt.device.type == "cuda")
+        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                            pin_memory=rt.device.type == "cuda", persistent_workers=False)
         sums: dict[str, float] = {}
         n_batches = 0
         for batch in loader:
