@@ -37,7 +37,7 @@ from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import make_segmenter
 
 TINY = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), dropout=0.0,
-                        epochs=2, batch_size=3, lr=1e-3, seeds=(0, 1), aug_prob=0.3, grid=8)
+                        epochs=1, batch_size=3, lr=1e-3, seeds=(0, 1), aug_prob=0.3, grid=8)
 
 
 def _channel_coded(n: int = 2, grid: int = 8) -> torch.Tensor:
