@@ -148,7 +148,7 @@ def _default() -> Profile:
                                       baseline_max_subjects=15),
         segmenter=SegmenterConfig(channels=(8, 16, 32, 64, 128), epochs=50, batch_size=2, lr=2e-3,
                                   binary_weight=(1.0, 0.05, 9), patch=32, val_every=5),
-        classifier=ClassifierConfig(arch="small", epochs=8, batch_size=4, lr=1e-3, grid=32),
+        classifier=ClassifierConfig(arch="small", epochs=6, batch_size=4, lr=1e-3, grid=32),
         joint=JointConfig(epochs=1, sweep_epochs=1, sweep_subjects=12, batch_size=2),
         reductions=(
             "grid 64^3 at 0.8 mm instead of 80^3 at 0.65 mm (same ~52 mm field of view)",
@@ -157,7 +157,7 @@ def _default() -> Profile:
             "300 epochs at lr 1e-3; binary-term weight +0.05 every 9 epochs (reference: every 50 of 300); "
             "validation every 5 epochs",
             "classifier: small MONAI DenseNet (init 16, growth 16, blocks 4-8-8) instead of DenseNet121, "
-            "reading its inputs average-pooled to 32^3; 8 epochs at lr 1e-3 instead of 300 at 1e-4",
+            "reading its inputs average-pooled to 32^3; 6 epochs at lr 1e-3 instead of 300 at 1e-4",
             "joint fine-tuning: 1 epoch per run (lr 1e-4, batch 2); lambda sweep: 1 epoch on 12 training "
             "subjects per lambda; ensemble members share the separately trained segmenter",
             "epochs reduced to fit 2 CPU cores",
