@@ -100,9 +100,9 @@ def _b64(array: np.ndarray) -> dict[str, str]:
 
 
 def _mesh_traces(labelmap: np.ndarray, spacing: np.ndarray, scene: str, shown: set[int],
-                 smooth: float, decimate: float) -> list[dict[str, Any]]:
+                 smooth: float, decimate: float, step_size: int = 1) -> list[dict[str, Any]]:
     traces = []
-    meshes = label_meshes(labelmap, spacing, smooth=smooth, decimate=decimate)
+    meshes = label_meshes(labelmap, spacing, smooth=smooth, decimate=decimate, step_size=step_size)
     colors = label_colors(sorted({m.label for m in meshes}) or None)
     for mesh in meshes:
         verts = mesh.verts.astype(np.float32)
@@ -123,7 +123,8 @@ def _mesh_traces(labelmap: np.ndarray, spacing: np.ndarray, scene: str, shown: s
 
 
 def case_figure(labelmaps: Mapping[str, np.ndarray], spacing_mm: Sequence[float], *,
-                smooth: float = 0.6, decimate: float = 1.25, view: str = "anterior") -> dict[str, Any]:
+                smooth: float = 0.6, decimate: float = 1.25, view: str = "anterior",
+                step_size: int = 1) -> dict[str, Any]:
     """Return a plotly figure dict: one 3D scene per label map, shared box, cameras and legend.
 
     Scenes sit side by side in the order of ``labelmaps`` (e.g. truth, then methods); axes are
@@ -148,7 +149,7 @@ def case_figure(labelmaps: Mapping[str, np.ndarray], spacing_mm: Sequence[float]
     for c, (name, lm) in enumerate(maps.items()):
         scene = "scene" if c == 0 else f"scene{c + 1}"
         scenes.append(scene)
-        data += _mesh_traces(lm, spacing, scene, shown, smooth, decimate)
+        data += _mesh_traces(lm, spacing, scene, shown, smooth, decimate, step_size)
         x0 = c * (width + gap)
         axis = {"showbackground": False, "showticklabels": False, "title": {"text": ""},
                 "showspikes": False, "dtick": 10, "gridcolor": "#e4e4e4", "zeroline": False}
@@ -243,7 +244,8 @@ def write_gallery(
     ``{"truth": gt, "LP": lp, "joint": pred}``, shown left to right) and optional
     ``"spacing_mm"`` (else ``spacing_mm``), ``"title"``, ``"metrics"`` (a DataFrame, a list of
     row dicts or ``{method: {metric: value}}``; a boolean ``correct`` column colours rows),
-    ``"summary"`` (``{column: value}`` shown on the index) and ``"notes"`` (list of strings).
+    ``"summary"`` (``{column: value}`` shown on the index), ``"notes"`` (list of strings) and
+    ``"decimate"``/``"step_size"`` (this case's surface detail, e.g. coarser for huge maps).
     Surfaces are simplified by vertex clustering on a ``decimate``-voxel grid (pages ≈ 0.5 MB
     for truth + 3 methods at 64³).
     """
@@ -267,7 +269,8 @@ def write_gallery(
         spacing = case.get("spacing_mm", spacing_mm)
         if spacing is None:
             raise ValueError(f"write_gallery: case {case['id']}: no spacing_mm given")
-        fig = case_figure(case["labelmaps"], spacing, smooth=smooth, decimate=decimate)
+        fig = case_figure(case["labelmaps"], spacing, smooth=smooth, decimate=case.get("decimate", decimate),
+                          step_size=case.get("step_size", 1))
         scenes = fig.pop("scenes")
         case_title = str(case.get("title") or case["id"])
         links = ["<a href='index.html'>index</a>"]

@@ -228,8 +228,9 @@ def label_meshes(
     smoothed with a Gaussian of ``smooth`` voxels (0 turns smoothing off; with smoothing,
     structures about one voxel thick may vanish, the price of non-blocky surfaces) and
     triangulated at level 0.5 (0.4 when smoothed) with ``skimage.measure.marching_cubes``
-    (``step_size`` > 1 samples coarser). ``decimate`` > 0 then merges vertices on a grid of that
-    many voxels (vertex clustering: ≈ half the faces at 1.25, thin vessels kept); 0 keeps all.
+    (``step_size`` > 1 samples coarser; a label it would miss is sampled at 1). ``decimate`` > 0
+    then merges vertices on a grid of that many voxels (vertex clustering: ≈ half the faces at
+    1.25, thin vessels kept); 0 keeps all.
     """
     from skimage.measure import marching_cubes
 
@@ -255,8 +256,11 @@ def label_meshes(
             level = 0.4
         if field.max() <= level:
             continue
-        verts, faces, _, _ = marching_cubes(field, level=level, step_size=step_size,
-                                            allow_degenerate=False)
+        try:
+            verts, faces, _, _ = marching_cubes(field, level=level, step_size=step_size,
+                                                allow_degenerate=False)
+        except RuntimeError:  # a coarse step missed a thin structure: sample it at full resolution
+            verts, faces, _, _ = marching_cubes(field, level=level, step_size=1, allow_degenerate=False)
         verts = (verts - 1 + starts) * spacing
         if decimate > 0:
             verts, faces = _cluster_vertices(verts, faces, decimate * spacing)

@@ -442,20 +442,45 @@ def verdict_text(reports: pd.DataFrame, sid: str, method: str) -> str:
     return "correct" if bool(r["correct"]) else f"WRONG ({int(r['n_reasons'])})"
 
 
-def render_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame, methods: Sequence[str], *,
+#: Render detail tiers: (largest vessel-voxel count of the maps in a figure, marching-cubes step,
+#: vertex-clustering cell in voxels). A badly trained network can label half the volume (hundreds
+#: of thousands of faces, a minute a panel); such maps are drawn coarser so review stays fast.
+RENDER_TIERS: tuple[tuple[int, int, float], ...] = ((15_000, 1, 1.25), (40_000, 2, 2.5), (2**62, 3, 3.0))
+
+
+def render_detail(maps: Iterable[np.ndarray]) -> tuple[int, float]:
+    """Return ``(step_size, decimate)`` for surface renders of ``maps`` (see ``RENDER_TIERS``)."""
+    biggest = max((int(np.count_nonzero(m)) for m in maps), default=0)
+    return next((step, dec) for limit, step, dec in RENDER_TIERS if biggest <= limit)
+
+
+def worst_method(reports: pd.DataFrame, sid: str) -> str | None:
+    """Return the method (truth excluded) with the most failed checks on subject ``sid``."""
+    g = reports[(reports["id"] == sid) & (reports["method"] != TRUTH)]
+    g = g[g["n_reasons"] > 0]
+    return None if g.empty else str(g.sort_values("n_reasons", ascending=False, kind="stable").iloc[0]["method"])
+
+
+def render_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame,
+                 methods: Sequence[str] | Mapping[str, Sequence[str]], *,
                  views: Sequence[str] = ("anterior", "superior"), title: str | None = None) -> Any:
     """Return one :func:`render.render_comparison` figure: for each case, one row per method in
-    ``methods`` it has (truth included when listed), labelled with the id and the verdict."""
+    ``methods`` (or ``methods[case id]``) it has, labelled with the id and the verdict.
+
+    Surface detail follows :func:`render_detail` of all the maps shown (coarser for huge maps).
+    """
     from fetalcmr.render import render_comparison
 
     maps: dict[str, np.ndarray] = {}
     for c in cases:
-        for m in methods:
+        wanted = methods.get(c.id, ()) if isinstance(methods, Mapping) else methods
+        for m in wanted:
             if m in c.maps:
                 maps[f"{c.id} {m}\n{verdict_text(reports, c.id, m)}"] = c.maps[m]
     if not maps:
-        raise ValueError("render_cases: none of the cases has a label map of " + ", ".join(methods))
-    return render_comparison(maps, cases[0].spacing_mm, views=views, title=title)
+        raise ValueError("render_cases: none of the cases has a label map of the methods asked")
+    step, dec = render_detail(maps.values())
+    return render_comparison(maps, cases[0].spacing_mm, views=views, title=title, step_size=step, decimate=dec)
 
 
 def plot_correct_rates(rates: pd.DataFrame, ax: Any, *, colors: Mapping[str, str] | None = None) -> None:
@@ -483,7 +508,8 @@ def plot_correct_rates(rates: pd.DataFrame, ax: Any, *, colors: Mapping[str, str
 
 
 def gallery_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame) -> list[dict[str, Any]]:
-    """Return :func:`gallery.write_gallery` cases: every map, per-method verdict, reasons, Dice."""
+    """Return :func:`gallery.write_gallery` cases: every map, per-method verdict, reasons, Dice
+    (surface detail per case from :func:`render_detail`)."""
     out = []
     cols = ["method", "correct", "mean_dice", "n_reasons", "arch_b0", "arch_b1", "arch_side", "reasons", "warnings"]
     for c in cases:
@@ -496,7 +522,8 @@ def gallery_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame) -> list[di
         notes = [f"True class {CLASSES.get(c.cls, c.cls)}; every map is judged against that class's template."]
         if c.truth is None:
             notes.append("No ground truth in this dataset: only the predictions are shown.")
-        out.append({"id": c.id, "labelmaps": c.maps, "spacing_mm": c.spacing_mm,
+        step, dec = render_detail(c.maps.values())
+        out.append({"id": c.id, "labelmaps": c.maps, "spacing_mm": c.spacing_mm, "step_size": step, "decimate": dec,
                     "title": f"{c.id} — {CLASSES.get(c.cls, c.cls)}", "metrics": metrics,
                     "summary": summary, "notes": notes})
     return out

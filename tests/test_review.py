@@ -245,11 +245,46 @@ def test_render_cases_one_row_per_map_with_verdicts(daa_subject: Any) -> None:
     assert len(fig.axes) == 2  # LP+manual absent: truth and joint rows only
     assert any("s1 truth\ncorrect" in t for t in labels) and any("s1 joint\nWRONG" in t for t in labels)
     plt.close(fig)
+    fig = rv.render_cases([case], reports, {"s1": ["joint"]}, views=("superior",))
+    assert len(fig.axes) == 1
+    plt.close(fig)
     with pytest.raises(ValueError, match="none of the cases"):
         rv.render_cases([case], reports, ["LP"])
+
+
+def test_render_detail_coarser_for_huge_maps() -> None:
+    small, huge = np.zeros((40, 40, 40), np.uint8), np.ones((40, 40, 40), np.uint8)
+    small[5:10, 5:10, 5:10] = 4
+    assert rv.render_detail([small]) == (1, 1.25)
+    assert rv.render_detail([small, huge]) == (3, 3.0)  # 64 000 voxels: coarsest tier
+    assert rv.render_detail([]) == (1, 1.25)
+
+
+def test_worst_method() -> None:
+    df = _reports([("a", 0, "truth", True), ("a", 0, "LP", False), ("a", 0, "joint", False), ("b", 0, "LP", True)])
+    df.loc[df["method"] == "joint", "n_reasons"] = 3
+    assert rv.worst_method(df, "a") == "joint" and rv.worst_method(df, "b") is None
 
 
 def test_load_case_needs_a_class(tmp_path: Path) -> None:
     save_nifti(tmp_path / "p.nii.gz", np.zeros((4, 4, 4), np.uint8), np.eye(4))
     with pytest.raises(DataError, match="no anomaly class 'label'"):
         rv.load_case({"id": "s", "image": "img.nii.gz"}, {"joint": tmp_path / "p.nii.gz"})
+
+
+def test_gallery_cases_write_with_coarse_detail(tmp_path: Path, daa_subject: Any) -> None:
+    from fetalcmr.gallery import write_gallery
+
+    huge = np.full_like(daa_subject.gt, LABEL_INDEX["AO"])
+    huge[::3] = LABEL_INDEX["DAO"]
+    case = rv.ReviewCase("s1", 2, (52.0 / 32,) * 3, {"truth": daa_subject.gt, "joint": daa_subject.gt})
+    reports = rv.review_table([case])
+    fine = rv.gallery_cases([case], reports)[0]
+    assert (fine["step_size"], fine["decimate"]) == (1, 1.25)
+    write_gallery(tmp_path / "fine", [fine])
+    coarse = {**fine, "step_size": 3, "decimate": 3.0}
+    write_gallery(tmp_path / "coarse", [coarse])
+    size = lambda d: (tmp_path / d / "case_s1.html").stat().st_size  # noqa: E731
+    assert size("coarse") < 0.6 * size("fine")  # the case's detail reaches the surfaces
+    case.maps["joint"] = huge
+    assert rv.gallery_cases([case], rv.review_table([case]))[0]["step_size"] > 1
