@@ -17,6 +17,7 @@ average-pooled inside the network, so the same classifier plugs into the joint n
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -33,7 +34,7 @@ from tqdm.auto import tqdm
 
 from fetalcmr.anatomy import CLASSES, N_LABELS
 from fetalcmr.atomic import atomic_path
-from fetalcmr.cache import content_key
+from fetalcmr.cache import code_version, content_key
 from fetalcmr.calibration import expected_calibration_error, reliability_table
 from fetalcmr.classmetrics import balanced_accuracy, confusion, per_class_scores
 from fetalcmr.config import ClassifierConfig
@@ -280,7 +281,8 @@ def train_classifier(cfg: ClassifierConfig, kind: str, train_samples: Sequence[d
                      val_samples: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], *, seed: int,
                      data_key: str = "", progress: bool = True) -> TrainResult:
     """Return the trained classifier for input ``kind`` (resumes or loads a finished run)."""
-    run_key = content_key("classifier", kind, data_key, [s["id"] for s in train_samples])
+    run_key = content_key("classifier", kind, dataclasses.asdict(cfg), data_key, [s["id"] for s in train_samples],
+                          code_version("classification", "models"))
     return train(lambda: build_classifier(cfg, kind), train_samples, val_samples, train_config(cfg, seed),
                  out_dir, run_key=run_key, progress=progress)
 

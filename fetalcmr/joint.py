@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from fetalcmr.anatomy import CLASSES, N_LABELS
 from fetalcmr.atomic import atomic_path
-from fetalcmr.cache import content_key
+from fetalcmr.cache import code_version, content_key
 from fetalcmr.classification import build_classifier, segmenter_divisor
 from fetalcmr.classmetrics import balanced_accuracy
 from fetalcmr.config import ClassifierConfig, JointConfig, SegmenterConfig
@@ -85,7 +85,8 @@ def fine_tune(factory: Callable[[], nn.Module], train_samples: Sequence[dict[str
 
     ``start_key`` identifies the starting weights (e.g. digests of the separate checkpoints).
     """
-    run_key = content_key("joint", start_key, [s["id"] for s in train_samples])
+    run_key = content_key("joint", start_key, [s["id"] for s in train_samples],
+                          code_version("classification", "models"))
     return train(factory, train_samples, val_samples, cfg, out_dir, run_key=run_key, progress=progress)
 
 
