@@ -123,9 +123,11 @@ def _mesh_traces(labelmap: np.ndarray, spacing: np.ndarray, scene: str, shown: s
 
 
 def case_figure(labelmaps: Mapping[str, np.ndarray], spacing_mm: Sequence[float], *,
-                smooth: float = 0.6, decimate: float = 1.25, view: str = "anterior",
-                step_size: int = 1) -> dict[str, Any]:
+                smooth: float = 0.6, decimate: float | Mapping[str, float] = 1.25, view: str = "anterior",
+                step_size: int | Mapping[str, int] = 1) -> dict[str, Any]:
     """Return a plotly figure dict: one 3D scene per label map, shared box, cameras and legend.
+
+    ``decimate`` and ``step_size`` may be given per map (``{name: value}``; others get 1.25 and 1).
 
     Scenes sit side by side in the order of ``labelmaps`` (e.g. truth, then methods); axes are
     RAS+ millimetres; buttons switch every scene to the anterior, left or superior camera.
@@ -149,7 +151,9 @@ def case_figure(labelmaps: Mapping[str, np.ndarray], spacing_mm: Sequence[float]
     for c, (name, lm) in enumerate(maps.items()):
         scene = "scene" if c == 0 else f"scene{c + 1}"
         scenes.append(scene)
-        data += _mesh_traces(lm, spacing, scene, shown, smooth, decimate, step_size)
+        dec = decimate.get(name, 1.25) if isinstance(decimate, Mapping) else decimate
+        step = step_size.get(name, 1) if isinstance(step_size, Mapping) else step_size
+        data += _mesh_traces(lm, spacing, scene, shown, smooth, dec, step)
         x0 = c * (width + gap)
         axis = {"showbackground": False, "showticklabels": False, "title": {"text": ""},
                 "showspikes": False, "dtick": 10, "gridcolor": "#e4e4e4", "zeroline": False}
@@ -245,7 +249,7 @@ def write_gallery(
     ``"spacing_mm"`` (else ``spacing_mm``), ``"title"``, ``"metrics"`` (a DataFrame, a list of
     row dicts or ``{method: {metric: value}}``; a boolean ``correct`` column colours rows),
     ``"summary"`` (``{column: value}`` shown on the index), ``"notes"`` (list of strings) and
-    ``"decimate"``/``"step_size"`` (this case's surface detail, e.g. coarser for huge maps).
+    ``"decimate"``/``"step_size"`` (this case's surface detail, a value or ``{map name: value}``).
     Surfaces are simplified by vertex clustering on a ``decimate``-voxel grid (pages ≈ 0.5 MB
     for truth + 3 methods at 64³).
     """

@@ -416,13 +416,14 @@ def render_comparison(
     views: Sequence[str] = ("anterior", "left", "superior"),
     title: str | None = None,
     smooth: float = 0.6,
-    step_size: int = 1,
-    decimate: float = 1.25,
+    step_size: int | Mapping[str, int] = 1,
+    decimate: float | Mapping[str, float] = 1.25,
 ) -> matplotlib.figure.Figure:
     """Return a figure with one row per label map (e.g. truth, then methods) and one column per view.
 
     All rows share the cameras and one bounding box, so differences between methods are
-    differences of the surfaces, not of the framing.
+    differences of the surfaces, not of the framing. ``step_size`` and ``decimate`` may be given
+    per row (``{name: value}``; rows not named get 1 and 1.25).
     """
     import matplotlib.pyplot as plt
 
@@ -441,8 +442,10 @@ def render_comparison(
     for r, (name, lm) in enumerate(maps.items()):
         axes = [fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1, projection="3d")
                 for c in range(n_cols)]
-        render_surfaces(lm, spacing, views=views, axes=axes, smooth=smooth, step_size=step_size,
-                        decimate=decimate, bounds=bounds, legend=False)
+        step = step_size.get(name, 1) if isinstance(step_size, Mapping) else step_size
+        dec = decimate.get(name, 1.25) if isinstance(decimate, Mapping) else decimate
+        render_surfaces(lm, spacing, views=views, axes=axes, smooth=smooth, step_size=step,
+                        decimate=dec, bounds=bounds, legend=False)
         axes[0].text2D(-0.05, 0.5, name, transform=axes[0].transAxes, rotation=90, ha="right",
                        va="center", fontsize=9)
         present |= {int(v) for v in np.unique(lm) if v != 0}

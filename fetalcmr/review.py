@@ -467,7 +467,7 @@ def render_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame,
     """Return one :func:`render.render_comparison` figure: for each case, one row per method in
     ``methods`` (or ``methods[case id]``) it has, labelled with the id and the verdict.
 
-    Surface detail follows :func:`render_detail` of all the maps shown (coarser for huge maps).
+    Surface detail follows :func:`render_detail` of each map (coarser only for huge maps).
     """
     from fetalcmr.render import render_comparison
 
@@ -479,8 +479,10 @@ def render_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame,
                 maps[f"{c.id} {m}\n{verdict_text(reports, c.id, m)}"] = c.maps[m]
     if not maps:
         raise ValueError("render_cases: none of the cases has a label map of the methods asked")
-    step, dec = render_detail(maps.values())
-    return render_comparison(maps, cases[0].spacing_mm, views=views, title=title, step_size=step, decimate=dec)
+    detail = {k: render_detail([v]) for k, v in maps.items()}
+    return render_comparison(maps, cases[0].spacing_mm, views=views, title=title,
+                             step_size={k: d[0] for k, d in detail.items()},
+                             decimate={k: d[1] for k, d in detail.items()})
 
 
 def plot_correct_rates(rates: pd.DataFrame, ax: Any, *, colors: Mapping[str, str] | None = None) -> None:
@@ -509,7 +511,7 @@ def plot_correct_rates(rates: pd.DataFrame, ax: Any, *, colors: Mapping[str, str
 
 def gallery_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame) -> list[dict[str, Any]]:
     """Return :func:`gallery.write_gallery` cases: every map, per-method verdict, reasons, Dice
-    (surface detail per case from :func:`render_detail`)."""
+    (surface detail per map from :func:`render_detail`: coarser only for huge maps)."""
     out = []
     cols = ["method", "correct", "mean_dice", "n_reasons", "arch_b0", "arch_b1", "arch_side", "reasons", "warnings"]
     for c in cases:
@@ -522,8 +524,9 @@ def gallery_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame) -> list[di
         notes = [f"True class {CLASSES.get(c.cls, c.cls)}; every map is judged against that class's template."]
         if c.truth is None:
             notes.append("No ground truth in this dataset: only the predictions are shown.")
-        step, dec = render_detail(c.maps.values())
-        out.append({"id": c.id, "labelmaps": c.maps, "spacing_mm": c.spacing_mm, "step_size": step, "decimate": dec,
+        detail = {m: render_detail([lm]) for m, lm in c.maps.items()}
+        out.append({"id": c.id, "labelmaps": c.maps, "spacing_mm": c.spacing_mm,
+                    "step_size": {m: d[0] for m, d in detail.items()}, "decimate": {m: d[1] for m, d in detail.items()},
                     "title": f"{c.id} — {CLASSES.get(c.cls, c.cls)}", "metrics": metrics,
                     "summary": summary, "notes": notes})
     return out

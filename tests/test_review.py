@@ -280,11 +280,13 @@ def test_gallery_cases_write_with_coarse_detail(tmp_path: Path, daa_subject: Any
     case = rv.ReviewCase("s1", 2, (52.0 / 32,) * 3, {"truth": daa_subject.gt, "joint": daa_subject.gt})
     reports = rv.review_table([case])
     fine = rv.gallery_cases([case], reports)[0]
-    assert (fine["step_size"], fine["decimate"]) == (1, 1.25)
+    assert fine["step_size"] == {"truth": 1, "joint": 1} and fine["decimate"] == {"truth": 1.25, "joint": 1.25}
     write_gallery(tmp_path / "fine", [fine])
-    coarse = {**fine, "step_size": 3, "decimate": 3.0}
-    write_gallery(tmp_path / "coarse", [coarse])
+    write_gallery(tmp_path / "coarse", [{**fine, "step_size": 3, "decimate": 3.0}])
+    write_gallery(tmp_path / "half", [{**fine, "step_size": {"joint": 3}, "decimate": {"joint": 3.0}}])
     size = lambda d: (tmp_path / d / "case_s1.html").stat().st_size  # noqa: E731
     assert size("coarse") < 0.6 * size("fine")  # the case's detail reaches the surfaces
+    assert size("coarse") < size("half") < size("fine")  # per-map detail: only joint coarser
     case.maps["joint"] = huge
-    assert rv.gallery_cases([case], rv.review_table([case]))[0]["step_size"] > 1
+    detail = rv.gallery_cases([case], rv.review_table([case]))[0]["step_size"]
+    assert detail["truth"] == 1 and detail["joint"] > 1  # only the huge map is drawn coarser
