@@ -43,7 +43,7 @@ class PropagationConfig:
     iterations: int = 1000
     batch_size: int = 1
     ncc_window: int = 9  # local NCC window (voxels of the registration grid)
-    label_interp: str = "onehot"  # label warping: "onehot" (warp indicators + argmax) or "nearest"
+    label_interp: str = "nearest"  # label warping: "nearest" or "onehot" (warp indicators + argmax)
     #: test subjects registered by the classical baselines (0 = all; stratified by class)
     baseline_max_subjects: int = 0
     #: Adam steps of the affine pre-alignment at half and full registration grid (() = none)

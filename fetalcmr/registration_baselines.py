@@ -150,7 +150,6 @@ def register_pair(fixed_image: np.ndarray, moving_image: np.ndarray, moving_labe
         raise ValueError(f"shapes differ: subject {fixed_image.shape}, atlas {moving_image.shape}, "
                          f"atlas labels {moving_labels.shape}")
     spacing = [float(spacing_mm)] * 3 if np.isscalar(spacing_mm) else [float(s) for s in spacing_mm]  # type: ignore[union-attr]
-    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(max(1, sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()))
     fixed = _to_sitk(fixed_image, spacing, sitk.sitkFloat32)
     moving = _to_sitk(moving_image, spacing, sitk.sitkFloat32)
     labels = _to_sitk(np.asarray(moving_labels).astype(np.uint8), spacing)
