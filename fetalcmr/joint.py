@@ -423,9 +423,12 @@ def verdict(comparison: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) 
     reproduced = (not daa_ok.empty and daa_ok.iloc[0]["n"] > 0 and bool(np.isfinite(daa_ok.iloc[0]["p"]))
                   and daa_ok.iloc[0]["p"] < alpha and daa_ok.iloc[0]["mean_diff"] > 0)
     bacc_ok = "joint" in row.index and row.loc["joint", "balanced_accuracy"] >= 0.97
+    judged = not daa_ok.empty and daa_ok.iloc[0]["n"] > 0
+    seg_text = ("REPRODUCED" if reproduced else "NOT reproduced") if judged else \
+        "not judged (no paired ground-truth Dice of correctly classified DAA subjects)"
     lines.append("Verdict on this cohort: the paper's balanced accuracy after joint training was "
                  f"{'REPRODUCED' if bacc_ok else 'NOT reproduced'}; its better segmentation of correctly "
-                 f"classified DAA cases was {'REPRODUCED' if reproduced else 'NOT reproduced'}.")
+                 f"classified DAA cases was {seg_text}.")
     return "\n".join(lines)
 
 
