@@ -127,7 +127,7 @@ def dice_by_method_figure(per_label: pd.DataFrame, labels: Mapping[int, str],
     methods = [m for m in METHOD_NAMES if m in set(per_label["method"])] + \
         [m for m in per_label["method"].unique() if m not in METHOD_NAMES]
     fg = [lab for lab in labels if lab != 0]
-    fig, ax = plt.subplots(figsize=(max(7.0, 0.75 * len(fg) * len(methods) / 2 + 2), 3.6), constrained_layout=True)
+    fig, ax = plt.subplots(figsize=(max(7.0, 0.28 * len(fg) * len(methods) + 1.5), 3.6), constrained_layout=True)
     width = 0.8 / len(methods)
     colours = plt.get_cmap("tab10")
     for k, method in enumerate(methods):
