@@ -517,7 +517,8 @@ def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.
     data = read_dataset(source_json)
     digest = dataset_digest(data)
     train_cfg = {k: v for k, v in vars(cfg).items() if k not in _NOT_TRAINING}
-    train_key = content_key("vxm-train", FORMAT_VERSION, train_cfg, seed, digest, code_version())
+    train_key = content_key("vxm-train", FORMAT_VERSION, train_cfg, seed, digest,
+                            code_version("propagation", "io", "dataset", "atomic"))
     prop_key = content_key("vxm-propagate", train_key, cfg.label_interp)
     model_path = lp_dir / "vxm_model.pt"
     history_path = lp_dir / "vxm_history.csv"
