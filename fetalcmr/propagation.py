@@ -477,7 +477,8 @@ def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
                        prealign_steps: Sequence[int] | None = None) -> pd.DataFrame:
     """Write ``<out_dir>/<id>_lp.nii.gz`` for each subject; return per-subject time and Jacobian stats.
 
-    ``seconds`` covers registration (affine pre-alignment when ``prealign_steps`` is given,
+    ``seconds`` covers registration (affine pre-alignment when ``prealign_steps`` is given and the
+    subject was not already aligned while training,
     network, field upsampling and composition) and label warping, not file I/O.
     """
     from tqdm.auto import tqdm
@@ -487,7 +488,7 @@ def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
         atlas = atlases[subj.cls]
         n = n_labels or int(atlas.labelmap.max()) + 1
         t0 = time.perf_counter()
-        if prealign_steps:
+        if prealign_steps and subj.affine is None:  # subjects aligned for training keep that alignment
             prealign(subj, atlas, prealign_steps)
         disp = register(model, atlas, subj)
         lp = warp_labels(atlas.labelmap, disp, n, mode=label_interp)
