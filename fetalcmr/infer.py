@@ -151,7 +151,6 @@ def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], ou
     check_cases(cases)
     check_output_folder(out)
     bundle = load_bundle(bundle_dir)
-    torch.set_grad_enabled(False)
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="infer", unit="case", disable=not progress):
         t0 = time.perf_counter()
