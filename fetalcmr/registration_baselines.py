@@ -74,16 +74,19 @@ def _affine(fixed, moving, iterations: int, seed: int):  # type: ignore[no-untyp
                                              sitk.CenteredTransformInitializerFilter.GEOMETRY)
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    # on small grids the coarsest pyramid level has too few voxels for a stable mutual information
+    small = min(fixed.GetSize()) < 48
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.25, seed)
+    reg.SetMetricSamplingPercentage(0.5 if small else 0.25, seed)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(learningRate=1.0, minStep=1e-3, numberOfIterations=iterations,
                                                  relaxationFactor=0.6, gradientMagnitudeTolerance=1e-6)
     reg.SetOptimizerScalesFromPhysicalShift()
-    reg.SetShrinkFactorsPerLevel([4, 2, 1])
-    reg.SetSmoothingSigmasPerLevel([2, 1, 0])
+    reg.SetShrinkFactorsPerLevel([2, 1] if small else [4, 2, 1])
+    reg.SetSmoothingSigmasPerLevel([1, 0] if small else [2, 1, 0])
     reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOff()
     reg.SetInitialTransform(init, inPlace=False)
+    reg.SetNumberOfThreads(1)  # threaded metric sums change with scheduling: one thread is reproducible
     return reg.Execute(fixed, moving)
 
 
