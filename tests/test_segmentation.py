@@ -122,17 +122,3 @@ def test_coronal_projection_shows_the_most_anterior_vessel() -> None:
     proj = coronal_projection(vol)
     assert proj[1, 1] == 4 and proj[0, 0] == 7 and proj[2, 2] == 0
 
-
-@pytest.mark.slow
-def test_notebook_executes_at_smoke_profile(tmp_path: Path) -> None:
-    import papermill
-
-    repo = Path(__file__).resolve().parents[1]
-    out = tmp_path / "02.ipynb"
-    papermill.execute_notebook(str(repo / "notebooks" / "02_segmentation.ipynb"), str(out), cwd=str(repo),
-                               parameters={"profile": "smoke", "run_dir": str(tmp_path / "run"),
-                                           "figures_dir": str(tmp_path / "figs")}, progress_bar=False)
-    written = {p.name for p in (tmp_path / "figs").iterdir()}
-    assert {"fig02_dice_boxplots.png", "fig02_overlays.png", "fig02_training_curves.png", "tab02_dice.csv",
-            "tab02_tests.csv"} <= written
-    assert (tmp_path / "run" / "results" / "segmentation_per_label.csv").exists()
