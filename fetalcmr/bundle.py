@@ -12,7 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,7 @@ import fetalcmr
 from fetalcmr.atomic import atomic_path, write_json_atomic
 from fetalcmr.cache import file_digest
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
+from fetalcmr.manifest import git_commit
 
 BUNDLE_FORMAT: int = 1
 BUNDLE_FILE = "bundle.json"
@@ -100,7 +103,8 @@ def export_bundle(out_dir: str | os.PathLike[str], members: list[nn.Module], *, 
         "labels": {str(k): v for k, v in labels.items()},
         "classes": {str(k): v for k, v in classes.items()},
         "members": entries,
-        "provenance": provenance,
+        "provenance": {"commit": git_commit(), "created": datetime.now(UTC).isoformat(timespec="seconds"),
+                       **provenance},
         "metrics": metrics or {},
     })
     return out
@@ -149,3 +153,19 @@ def load_bundle(path: str | os.PathLike[str], *, labels: dict[int, str] | None =
         members.append(net)
     prep = info["preprocessing"]
     return Bundle(folder, members, int(prep["grid"]), float(prep["spacing_mm"]), b_labels, b_classes, info)
+
+
+def copy_bundle(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:
+    """Check that the bundle at ``src`` loads, then copy it to the new folder ``dst``; return ``dst``."""
+    bundle = load_bundle(src)
+    out = Path(dst)
+    if out.exists() and any(out.iterdir()):
+        raise BundleError(f"{out}: folder exists and is not empty")
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(bundle.path, tmp)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)
+    return out

@@ -40,6 +40,20 @@ def _cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from fetalcmr.bundle import BundleError, copy_bundle
+    from fetalcmr.notebook import default_run_dir
+
+    run = Path(args.run_dir) if args.run_dir else default_run_dir(args.profile)
+    try:
+        out = copy_bundle(run / "models" / "bundle", args.out)
+    except BundleError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 3
+    print(f"bundle of {run} copied to {out}; run it with: fetalcmr infer VOLUMES --bundle {out} --out RESULTS")
+    return 0
+
+
 def _cmd_reproduce(args: argparse.Namespace) -> int:
     from fetalcmr.runner import main as runner_main
 
@@ -114,6 +128,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_infer)
+
+    p = sub.add_parser("export", help="pack a trained run's model bundle into a folder",
+                       description="Copy the model bundle that notebook 04 wrote for a run (weights, "
+                                   "configuration, label and class maps, provenance, metrics) into a new folder, "
+                                   "after checking that it loads.")
+    p.add_argument("--profile", default="default", choices=PROFILE_NAMES, help="run of the synthetic cohort")
+    p.add_argument("--run-dir", default="", help="a run folder (default: data/runs/<profile>)")
+    p.add_argument("--out", required=True, help="new output folder")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("reproduce", help="run the notebooks headlessly (what `make reproduce` does)")
     p.add_argument("--profile", default="default", choices=PROFILE_NAMES)

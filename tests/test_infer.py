@@ -184,3 +184,15 @@ def test_output_path_that_cannot_be_a_folder(bundle_dir: Path, tmp_path: Path,
     blocker.write_text("x")
     assert cli_main(["infer", str(src), "--bundle", str(bundle_dir), "--out", str(blocker / "out")]) == 2
     assert "cannot create the output folder" in capsys.readouterr().err
+
+
+def test_export_copies_a_loadable_bundle_and_refuses_a_broken_one(bundle_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    (run / "models").mkdir(parents=True)
+    _copy_bundle(bundle_dir, run / "models" / "bundle")
+    out = tmp_path / "exported"
+    assert cli_main(["export", "--run-dir", str(run), "--out", str(out)]) == 0
+    assert load_bundle(out).info["provenance"]["commit"]
+    (run / "models" / "bundle" / "member0_classifier.pt").write_bytes(b"broken")
+    assert cli_main(["export", "--run-dir", str(run), "--out", str(tmp_path / "again")]) == 3
+    assert not (tmp_path / "again").exists()
