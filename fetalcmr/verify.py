@@ -1,8 +1,8 @@
 """``make verify``: regenerate the tables from a clean run and compare them with the committed
 ones, within stated tolerances, printing every difference.
 
-Numbers may differ slightly between machines (thread scheduling in BLAS and in training), so a
-numeric cell passes when ``|new - ref| <= atol + rtol * |ref|``; text cells must be equal.
+Run-time columns are not compared. Numbers may differ slightly between machines (thread
+scheduling in BLAS and in training), so a numeric cell passes when ``|new - ref| <= atol + rtol * |ref|``; text cells must be equal.
 The smoke profile has no committed results (its numbers are meaningless), so ``verify`` at
 smoke compares two clean runs with each other: it checks that the pipeline is deterministic.
 """
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import shutil
 import sys
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ import pandas as pd
 
 from fetalcmr.notebook import REPO_ROOT
 
+#: Columns holding run times (``seconds…``, ``…_s``, ``…_s_…``): machine-dependent, not compared.
+TIMING_COLUMN = re.compile(r"seconds|(^|_)s(_|$)")
 #: Default tolerances for numeric cells.
 RTOL: float = 0.05
 ATOL: float = 0.02
@@ -51,7 +54,7 @@ def _close(a: object, b: object, rtol: float, atol: float) -> bool:
 
 
 def compare_tables(reference: Path, regenerated: Path, *, rtol: float = RTOL, atol: float = ATOL) -> list[Difference]:
-    """Differences between two CSV tables (shape, columns, then cell by cell)."""
+    """Differences between two CSV tables (shape, columns, then cell by cell; run times skipped)."""
     name = reference.name
     if not regenerated.exists():
         return [Difference(name, "(file)", "present", "missing")]
@@ -64,6 +67,8 @@ def compare_tables(reference: Path, regenerated: Path, *, rtol: float = RTOL, at
     diffs = []
     for i in range(len(ref)):
         for col in ref.columns:
+            if TIMING_COLUMN.search(str(col)):
+                continue
             a, b = ref.at[i, col], new.at[i, col]
             if not _close(a, b, rtol, atol):
                 diffs.append(Difference(name, f"row {i + 1}, column {col!r}", str(a), str(b)))

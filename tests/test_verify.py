@@ -51,3 +51,12 @@ def test_folder_comparison_finds_missing_tables(tmp_path: Path) -> None:
     _table(new / "tab01_x.csv", [0.9, 0.8])
     (diff,) = compare_folders(ref, new)
     assert diff.table == "tab02_y.csv" and diff.regenerated == "missing"
+
+
+def test_run_time_columns_are_not_compared(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    pd.DataFrame({"n_subjects": [3], "train_s": [10.0], "seconds_per_subject": [1.0], "dice_sd": [0.1]}).to_csv(a)
+    pd.DataFrame({"n_subjects": [3], "train_s": [99.0], "seconds_per_subject": [9.0], "dice_sd": [0.1]}).to_csv(b)
+    assert compare_tables(a, b) == []
+    pd.DataFrame({"n_subjects": [4], "train_s": [99.0], "seconds_per_subject": [9.0], "dice_sd": [0.1]}).to_csv(b)
+    assert [d.where for d in compare_tables(a, b)] == ["row 1, column 'n_subjects'"]
