@@ -2,7 +2,8 @@
 ones, within stated tolerances, printing every difference.
 
 Run-time columns are not compared. Numbers may differ slightly between machines (thread
-scheduling in BLAS and in training), so a numeric cell passes when ``|new - ref| <= atol + rtol * |ref|``; text cells must be equal.
+scheduling in BLAS and in training), so a numeric cell passes when
+``|new - ref| <= atol + rtol * |ref|``; text cells must be equal.
 The smoke profile has no committed results (its numbers are meaningless), so ``verify`` at
 smoke compares two clean runs with each other: it checks that the pipeline is deterministic.
 """
