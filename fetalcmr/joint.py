@@ -37,6 +37,7 @@ from fetalcmr.classmetrics import balanced_accuracy
 from fetalcmr.config import ClassifierConfig, JointConfig, SegmenterConfig
 from fetalcmr.ensemble import average_softmax, ensemble_classes
 from fetalcmr.io import save_nifti
+from fetalcmr.losses import binary_weight_at
 from fetalcmr.metrics import dice_per_label, evaluate_segmentation
 from fetalcmr.models import JointNet, make_segmenter
 from fetalcmr.train import TrainConfig, TrainResult, forward_volume, train
@@ -71,10 +72,15 @@ def make_joint(seg_cfg: SegmenterConfig, seg_state: Mapping[str, torch.Tensor], 
 
 def joint_train_config(jcfg: JointConfig, seg_cfg: SegmenterConfig, *, lam: float, epochs: int,
                        seed: int) -> TrainConfig:
-    """Return the engine configuration of one fine-tuning run (mode joint, last weights kept)."""
+    """Return the engine configuration of one fine-tuning run (mode joint, last weights kept).
+
+    Fine-tuning continues the segmenter's training, so its binary-term weight stays at the value
+    the segmenter's schedule reached in its last epoch.
+    """
+    final_weight = binary_weight_at(seg_cfg.epochs - 1, seg_cfg.binary_weight)
     return TrainConfig(mode="joint", epochs=epochs, batch_size=jcfg.batch_size, lr=jcfg.lr,
                        weight_decay=seg_cfg.weight_decay, aug_prob=seg_cfg.aug_prob, targets="lp+binary",
-                       binary_weight=seg_cfg.binary_weight, lam=float(lam), seed=seed, balanced=True,
+                       binary_weight=(final_weight, 0.0, 1), lam=float(lam), seed=seed, balanced=True,
                        select="last")
 
 

@@ -347,12 +347,26 @@ def registration_step(model: torch.nn.Module, loss_fn: RegistrationLoss, atlas_i
     return loss_fn(warped_img, subj_img, velocity, warped_fg, subj_fg)
 
 
+def class_balanced_weights(classes: Sequence[int]) -> np.ndarray:
+    """Return drawing probabilities ``1 / count(class)``, normalised, so every class is drawn equally.
+
+    >>> class_balanced_weights([0, 0, 0, 1]).round(3).tolist()
+    [0.167, 0.167, 0.167, 0.5]
+    """
+    cls = np.asarray(classes)
+    _, inverse, counts = np.unique(cls, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    return w / w.sum()
+
+
 def train_registration(subjects: Sequence[SubjectData], atlases: Mapping[int, AtlasData],
                        cfg: PropagationConfig, seed: int = 0, progress: bool = True,
                        model: torch.nn.Module | None = None) -> tuple[torch.nn.Module, pd.DataFrame]:
     """Return the trained network and its history (iteration, loss, sim, smooth, dice, seconds).
 
-    Each iteration draws ``batch_size`` subjects at random (with their class atlas as source).
+    Each iteration draws ``batch_size`` subjects at random with class-balanced probabilities
+    (weight 1 / class count, so the rare DAA atlas is trained as often as the CoA one), each
+    with its class atlas as source.
     """
     from tqdm.auto import tqdm
 
@@ -360,6 +374,7 @@ def train_registration(subjects: Sequence[SubjectData], atlases: Mapping[int, At
         raise DataError("no training subjects for label propagation")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    weights = class_balanced_weights([s.cls for s in subjects])
     model = model if model is not None else build_model(cfg)
     loss_fn = RegistrationLoss(cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -368,7 +383,7 @@ def train_registration(subjects: Sequence[SubjectData], atlases: Mapping[int, At
     t0 = time.perf_counter()
     bar = tqdm(range(cfg.iterations), desc="train VoxelMorph", disable=not progress)
     for it in bar:
-        idx = rng.integers(0, len(subjects), cfg.batch_size)
+        idx = rng.choice(len(subjects), size=cfg.batch_size, p=weights)
         batch = [subjects[i] for i in idx]
         a_img = torch.cat([source_of(s, atlases[s.cls])[0] for s in batch])
         a_fg = torch.cat([source_of(s, atlases[s.cls])[1] for s in batch])

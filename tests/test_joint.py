@@ -3,6 +3,7 @@ a tiny end-to-end fine-tuning with evaluation, ensembles, paired tests and the t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from fetalcmr.joint import (
     stratified_subset,
     sweep_table,
 )
-from fetalcmr.losses import SegmentationLoss, joint_loss
+from fetalcmr.losses import SegmentationLoss, binary_weight_at, joint_loss
 from fetalcmr.models import make_segmenter
 
 SEG = SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.0, aug_prob=0.0)
@@ -97,6 +98,13 @@ def test_train_config_is_joint_with_lambda_and_last_weights() -> None:
     assert (cfg.mode, cfg.lam, cfg.epochs, cfg.seed, cfg.select, cfg.lr, cfg.batch_size) == \
         ("joint", 5.0, 2, 4, "last", 2e-4, 3)
     assert cfg.targets == "lp+binary" and "gt" not in cfg.sample_keys
+
+
+def test_fine_tuning_keeps_the_binary_weight_the_segmenter_ended_with() -> None:
+    seg = dataclasses.replace(SEG, epochs=30, binary_weight=(0.0, 0.1, 2))
+    cfg = joint_train_config(JointConfig(), seg, lam=14.0, epochs=3, seed=0)
+    for epoch in range(3):
+        assert binary_weight_at(epoch, cfg.binary_weight) == pytest.approx(1.4)  # 0 + 0.1 * (29 // 2)
 
 
 def _samples(n: int, seed: int, size: int = 16) -> list[dict[str, Any]]:

@@ -308,3 +308,12 @@ def test_methods_table_aggregates_per_method() -> None:
     assert vxm["asd_mean_mm"] == pytest.approx(0.5) and vxm["arch_topology_ok"] == pytest.approx(0.5)
     assert vxm["fold_percent"] == pytest.approx(0.5) and vxm["seconds_per_subject"] == pytest.approx(0.3)
     assert t.loc["Affine only", "subjects"] == 1
+
+
+@given(st.lists(st.integers(0, 2), min_size=1, max_size=60))
+def test_training_draws_every_class_equally_often(classes: list[int]) -> None:
+    weights = prop.class_balanced_weights(classes)
+    assert weights.sum() == pytest.approx(1.0)
+    present = sorted(set(classes))
+    per_class = [weights[np.asarray(classes) == c].sum() for c in present]
+    np.testing.assert_allclose(per_class, 1.0 / len(present))
