@@ -201,6 +201,31 @@ def evaluate(predictions: Mapping[str, Mapping[str, np.ndarray]], items: Sequenc
     return pd.DataFrame(per_label), pd.DataFrame(region)
 
 
+def supervision_agreement(items: Sequence[Mapping[str, Any]], *, grid: int | None, spacing_mm: float | None,
+                          labels: Mapping[int, str] = LABELS) -> pd.DataFrame:
+    """Return, per vessel label, how far the two training signals of method (c) agree.
+
+    For the training ``items`` (read through :func:`training_view`, so never ``gt``):
+    ``lp_inside_manual`` is the fraction of voxels propagated to that label that lie inside the
+    manual mask, i.e. where the binary term does not push the label towards background;
+    ``lp_voxels`` the mean count per subject. A low value marks a vessel whose propagated label
+    is mostly off the vessel the annotator drew.
+    """
+    n = max(labels) + 1
+    inside, total = np.zeros(n), np.zeros(n)
+    for item in items:
+        view = training_view(item)
+        lp = load_volume(view["lp"], kind="label", grid=grid, spacing_mm=spacing_mm).array.astype(np.int64)
+        manual = load_volume(view["binary"], kind="label", grid=grid, spacing_mm=spacing_mm).array > 0
+        if lp.min() < 0 or lp.max() >= n:
+            raise ValueError(f"{view['lp']}: label values outside 0..{n - 1}")
+        total += np.bincount(lp.ravel(), minlength=n)[:n]
+        inside += np.bincount(lp[manual], minlength=n)[:n]
+    rows = [{"label": name, "lp_inside_manual": inside[k] / total[k] if total[k] else float("nan"),
+             "lp_voxels": total[k] / max(len(items), 1)} for k, name in sorted(labels.items()) if k > 0]
+    return pd.DataFrame(rows)
+
+
 def subject_mean_dice(per_label: pd.DataFrame) -> pd.DataFrame:
     """Return a subjects × methods table of the mean Dice over vessel labels present in ``gt``."""
     return per_label.groupby(["id", "method"])["dice"].mean().unstack("method")

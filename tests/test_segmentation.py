@@ -27,6 +27,7 @@ from fetalcmr.segmentation import (
     plot_dice_boxplots,
     plot_overlays,
     run_segmentation,
+    supervision_agreement,
     wilcoxon_tests,
 )
 from fetalcmr.train import load_checkpoint
@@ -122,3 +123,21 @@ def test_coronal_projection_shows_the_most_anterior_vessel() -> None:
     proj = coronal_projection(vol)
     assert proj[1, 1] == 4 and proj[0, 0] == 7 and proj[2, 2] == 0
 
+
+
+def test_supervision_agreement_counts_propagated_voxels_inside_the_manual_mask(tmp_path: Path) -> None:
+    lp = np.zeros((8, 8, 8), np.uint8)
+    lp[1:3, 1:3, 1:3] = 4  # AO: 8 voxels, all inside the mask
+    lp[5:7, 5:7, 5:7] = 10  # LCCA: 8 voxels, half inside
+    manual = np.zeros_like(lp)
+    manual[1:3, 1:3, 1:3] = 1
+    manual[5:6, 5:7, 5:7] = 1
+    for name, arr in (("lp", lp), ("binary", manual)):
+        nib.save(nib.Nifti1Image(arr, np.eye(4)), tmp_path / f"{name}.nii.gz")
+    item = {"id": "s", "image": "unused", "lp": str(tmp_path / "lp.nii.gz"),
+            "binary": str(tmp_path / "binary.nii.gz"), "gt": str(tmp_path / "missing_gt.nii.gz")}
+    table = supervision_agreement([item], grid=None, spacing_mm=None).set_index("label")
+    assert table.loc["AO", "lp_inside_manual"] == 1.0
+    assert table.loc["LCCA", "lp_inside_manual"] == 0.5
+    assert table.loc["LCCA", "lp_voxels"] == 8
+    assert np.isnan(table.loc["SVC", "lp_inside_manual"])  # no voxel propagated: no agreement to measure
