@@ -2,6 +2,7 @@
 PROFILE ?= default
 DATASET ?=
 SEED ?= 0
+SECTIONS ?=
 FORCE ?=
 PYTHON ?= python3
 VENV := .venv
@@ -34,8 +35,8 @@ lint: $(STAMP)  ## ruff only
 lab: $(STAMP)  ## JupyterLab on the same environment (itkwidgets for 3D views)
 	$(VENV)/bin/jupyter lab notebooks/
 
-bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figures
-	$(PY) -m fetalcmr.bench
+bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figures (SECTIONS="smoke infer" picks some)
+	$(PY) -m fetalcmr.bench $(SECTIONS)
 
 verify: $(STAMP)  ## regenerate PROFILE from scratch and compare its tables with the committed ones
 	$(PY) -m fetalcmr.verify --profile $(PROFILE) --seed $(SEED)

@@ -50,3 +50,28 @@ def test_second_run_is_cached(smoke_run) -> None:
     again = run_pipeline("smoke", run_dir=str(root / "run"), figures_dir=str(root / "figures"))
     assert all(r.status == "cached" for r in again)
 
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_on_a_dataset_without_ground_truth(smoke_run, tmp_path: Path) -> None:
+    """Real-data mode: a user's dataset.json (here the smoke cohort with `gt` removed) runs end to
+    end; the analyses that need ground truth say so and are skipped."""
+    _, root = smoke_run
+    cohort = root / "run" / "cohort"
+    data = json.loads((cohort / "dataset.json").read_text())
+    for split in ("training", "validation", "testing"):
+        for item in data.get(split, []):
+            item.pop("gt", None)
+    data.pop("synthetic", None)
+    user_json = cohort / "user_dataset.json"  # beside the cohort, so its relative paths resolve
+    user_json.write_text(json.dumps(data))
+    results = run_pipeline("smoke", dataset=str(user_json), run_dir=str(tmp_path / "run"),
+                           figures_dir=str(tmp_path / "figures"))
+    assert [r.status for r in results] == ["ran"] * len(NOTEBOOKS)
+    skipped = []
+    for nb in NOTEBOOKS:
+        executed = json.loads((tmp_path / "run" / "executed" / f"{nb.stem}.ipynb").read_text())
+        outputs = [o for c in executed["cells"] for o in c.get("outputs", [])]
+        assert not [o for o in outputs if o.get("output_type") == "error"], nb.stem
+        skipped += [o for o in outputs if "no ground truth" in "".join(o.get("text", "")).lower()]
+    assert skipped, "no notebook said that it skipped a ground-truth analysis"
