@@ -336,12 +336,12 @@ def plot_dice_boxplots(per_label: pd.DataFrame, region: pd.DataFrame, *, title: 
 
 
 def label_colours(n: int = len(LABELS)) -> np.ndarray:
-    """Return an [n, 4] RGBA table: transparent background, one distinct colour per vessel label."""
-    import matplotlib.pyplot as plt
+    """Return an [n, 4] RGBA table: transparent background, each vessel in its :mod:`fetalcmr.render` colour."""
+    from fetalcmr.render import label_colors
 
-    cmap = plt.get_cmap("tab20", 20)
-    table = np.array([cmap(i) for i in range(n)])
-    table[0] = (0, 0, 0, 0)
+    table = np.zeros((n, 4))
+    for label, rgb in label_colors(range(1, n)).items():
+        table[label] = (*rgb, 1.0)
     return table
 
 

@@ -21,6 +21,7 @@ from fetalcmr.segmentation import (
     by_class_table,
     coronal_projection,
     dice_table,
+    label_colours,
     load_softmax,
     method_checkpoint,
     pick_subjects,
@@ -141,3 +142,12 @@ def test_supervision_agreement_counts_propagated_voxels_inside_the_manual_mask(t
     assert table.loc["LCCA", "lp_inside_manual"] == 0.5
     assert table.loc["LCCA", "lp_voxels"] == 8
     assert np.isnan(table.loc["SVC", "lp_inside_manual"])  # no voxel propagated: no agreement to measure
+
+
+def test_overlay_colours_are_the_render_palette() -> None:
+    from fetalcmr.render import label_colors
+
+    table = label_colours()
+    assert table[0, 3] == 0  # background transparent
+    for label, rgb in label_colors().items():
+        np.testing.assert_allclose(table[label], (*rgb, 1.0))
