@@ -20,7 +20,7 @@ import numpy as np
 
 from fetalcmr.anatomy import LABELS
 from fetalcmr.atomic import write_text_atomic
-from fetalcmr.render import _bounds, label_colors, label_meshes
+from fetalcmr.render import _bounds, label_colors, label_meshes, per_map
 
 PLOTLY_JS = "plotly.min.js"
 
@@ -151,9 +151,8 @@ def case_figure(labelmaps: Mapping[str, np.ndarray], spacing_mm: Sequence[float]
     for c, (name, lm) in enumerate(maps.items()):
         scene = "scene" if c == 0 else f"scene{c + 1}"
         scenes.append(scene)
-        dec = decimate.get(name, 1.25) if isinstance(decimate, Mapping) else decimate
-        step = step_size.get(name, 1) if isinstance(step_size, Mapping) else step_size
-        data += _mesh_traces(lm, spacing, scene, shown, smooth, dec, step)
+        data += _mesh_traces(lm, spacing, scene, shown, smooth, per_map(decimate, name, 1.25),
+                             per_map(step_size, name, 1))
         x0 = c * (width + gap)
         axis = {"showbackground": False, "showticklabels": False, "title": {"text": ""},
                 "showspikes": False, "dtick": 10, "gridcolor": "#e4e4e4", "zeroline": False}

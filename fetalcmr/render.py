@@ -409,6 +409,15 @@ def _legend(fig: Any, labels: Sequence[int]) -> None:
                frameon=False, handlelength=1.0, columnspacing=0.8)
 
 
+def per_map(value: Any, name: str, default: Any) -> Any:
+    """Return ``value[name]`` (``default`` when absent) for a per-map setting, or ``value`` itself.
+
+    >>> per_map({"truth": 2}, "joint", 1), per_map(3, "joint", 1)
+    (1, 3)
+    """
+    return value.get(name, default) if isinstance(value, Mapping) else value
+
+
 def render_comparison(
     labelmaps: Mapping[str, np.ndarray],
     spacing_mm: Sequence[float],
@@ -442,10 +451,8 @@ def render_comparison(
     for r, (name, lm) in enumerate(maps.items()):
         axes = [fig.add_subplot(n_rows, n_cols, r * n_cols + c + 1, projection="3d")
                 for c in range(n_cols)]
-        step = step_size.get(name, 1) if isinstance(step_size, Mapping) else step_size
-        dec = decimate.get(name, 1.25) if isinstance(decimate, Mapping) else decimate
-        render_surfaces(lm, spacing, views=views, axes=axes, smooth=smooth, step_size=step,
-                        decimate=dec, bounds=bounds, legend=False)
+        render_surfaces(lm, spacing, views=views, axes=axes, smooth=smooth, step_size=per_map(step_size, name, 1),
+                        decimate=per_map(decimate, name, 1.25), bounds=bounds, legend=False)
         axes[0].text2D(-0.05, 0.5, name, transform=axes[0].transAxes, rotation=90, ha="right",
                        va="center", fontsize=9)
         present |= {int(v) for v in np.unique(lm) if v != 0}

@@ -454,6 +454,12 @@ def render_detail(maps: Iterable[np.ndarray]) -> tuple[int, float]:
     return next((step, dec) for limit, step, dec in RENDER_TIERS if biggest <= limit)
 
 
+def detail_per_map(maps: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    """Return ``{"step_size": {name: step}, "decimate": {name: cell}}`` from :func:`render_detail` of each map."""
+    detail = {name: render_detail([m]) for name, m in maps.items()}
+    return {"step_size": {k: d[0] for k, d in detail.items()}, "decimate": {k: d[1] for k, d in detail.items()}}
+
+
 def worst_method(reports: pd.DataFrame, sid: str) -> str | None:
     """Return the method (truth excluded) with the most failed checks on subject ``sid``."""
     g = reports[(reports["id"] == sid) & (reports["method"] != TRUTH)]
@@ -479,10 +485,7 @@ def render_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame,
                 maps[f"{c.id} {m}\n{verdict_text(reports, c.id, m)}"] = c.maps[m]
     if not maps:
         raise ValueError("render_cases: none of the cases has a label map of the methods asked")
-    detail = {k: render_detail([v]) for k, v in maps.items()}
-    return render_comparison(maps, cases[0].spacing_mm, views=views, title=title,
-                             step_size={k: d[0] for k, d in detail.items()},
-                             decimate={k: d[1] for k, d in detail.items()})
+    return render_comparison(maps, cases[0].spacing_mm, views=views, title=title, **detail_per_map(maps))
 
 
 def plot_correct_rates(rates: pd.DataFrame, ax: Any, *, colors: Mapping[str, str] | None = None) -> None:
@@ -524,9 +527,7 @@ def gallery_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame) -> list[di
         notes = [f"True class {CLASSES.get(c.cls, c.cls)}; every map is judged against that class's template."]
         if c.truth is None:
             notes.append("No ground truth in this dataset: only the predictions are shown.")
-        detail = {m: render_detail([lm]) for m, lm in c.maps.items()}
-        out.append({"id": c.id, "labelmaps": c.maps, "spacing_mm": c.spacing_mm,
-                    "step_size": {m: d[0] for m, d in detail.items()}, "decimate": {m: d[1] for m, d in detail.items()},
+        out.append({"id": c.id, "labelmaps": c.maps, "spacing_mm": c.spacing_mm, **detail_per_map(c.maps),
                     "title": f"{c.id} — {CLASSES.get(c.cls, c.cls)}", "metrics": metrics,
                     "summary": summary, "notes": notes})
     return out

@@ -21,10 +21,20 @@ def test_identical_pair_keeps_labels(method: str) -> None:
     img, lab = toy_atlas(0)
     img = normalise_intensity(img)
     out = rb.register_pair(img, img, lab, 1.5, method)
-    # random metric sampling and threaded sums let the optimiser move a little off the identity
+    # mutual information on a 24^3 toy lets the affine drift off the identity (scale ~0.85)
     assert np.mean(out.labels == lab) > 0.98
     assert min(dice_per_label(out.labels, lab, [1, 2, 3]).values()) > 0.85
     assert out.fold_fraction == 0.0 and out.seconds > 0
+
+
+@pytest.mark.parametrize("method", rb.METHODS)
+def test_same_pair_same_seed_same_result(method: str) -> None:
+    # SimpleITK takes a sampling seed of 0 as "use the clock": seed 0 must still be reproducible
+    img, lab = toy_atlas(1)
+    fixed = normalise_intensity(ndimage.shift(img, (1, 0, -1), order=1, mode="nearest"))
+    first, second = (rb.register_pair(fixed, normalise_intensity(img), lab, 1.5, method, seed=0) for _ in range(2))
+    np.testing.assert_array_equal(first.labels, second.labels)
+    assert first.jac_mean == pytest.approx(second.jac_mean, rel=1e-6)  # threaded filters: last-digit noise
 
 
 @pytest.mark.parametrize("method", rb.METHODS)

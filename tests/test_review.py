@@ -290,3 +290,11 @@ def test_gallery_cases_write_with_coarse_detail(tmp_path: Path, daa_subject: Any
     case.maps["joint"] = huge
     detail = rv.gallery_cases([case], rv.review_table([case]))[0]["step_size"]
     assert detail["truth"] == 1 and detail["joint"] > 1  # only the huge map is drawn coarser
+
+
+def test_detail_per_map_names_each_map() -> None:
+    small = np.zeros((40, 40, 40), np.uint8)
+    small[:2, :2, :2] = 1
+    huge = np.ones((40, 40, 40), np.uint8)
+    assert rv.detail_per_map({"truth": small, "net": huge}) == {
+        "step_size": {"truth": 1, "net": 3}, "decimate": {"truth": 1.25, "net": 3.0}}
