@@ -101,12 +101,22 @@ def min_classifier_grid(cfg: ClassifierConfig) -> int:
 
 
 def build_classifier(cfg: ClassifierConfig, kind: str, n_labels: int = N_LABELS) -> nn.Module:
-    """Return ``InputSelect(kind) → GridPool(cfg.grid) → DenseNet`` reading [B, n_labels + 1, ...]."""
+    """Return ``InputSelect(kind) → GridPool(cfg.grid) [→ 1×1×1 projection] → DenseNet``.
+
+    The network reads [B, n_labels + 1, ...]. The projection (``cfg.input_projection``) applies
+    to inputs with more channels than it keeps: the 7³ stem convolution dominates the cost of a
+    small DenseNet on 12 or 13 channels, and a learned channel mix in front of it is a low-rank
+    factorisation of that stem.
+    """
     if cfg.grid is not None and cfg.grid < min_classifier_grid(cfg):
         raise ValueError(f"classifier grid {cfg.grid} is below the smallest grid {min_classifier_grid(cfg)} "
                          f"for arch {cfg.arch!r} with blocks {cfg.block_config}")
-    return nn.Sequential(InputSelect(kind, n_labels), GridPool(cfg.grid),
-                         make_classifier(cfg, input_channels(kind, n_labels)))
+    channels = input_channels(kind, n_labels)
+    layers: list[nn.Module] = [InputSelect(kind, n_labels), GridPool(cfg.grid)]
+    if cfg.input_projection is not None and channels > cfg.input_projection:
+        layers.append(nn.Conv3d(channels, cfg.input_projection, kernel_size=1))
+        channels = cfg.input_projection
+    return nn.Sequential(*layers, make_classifier(cfg, channels))
 
 
 def describe_classifier(cfg: ClassifierConfig, source_grid: int | None = None) -> str:

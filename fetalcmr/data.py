@@ -111,6 +111,18 @@ def make_samples(items: Sequence[dict[str, Any]], keys: Iterable[str], *, grid: 
     return [make_sample(it, keys, grid=grid, spacing_mm=spacing_mm) for it in items]
 
 
+def class_balanced_weights(classes: Sequence[int]) -> np.ndarray:
+    """Return drawing probabilities ``1 / count(class)``, normalised, so every class is drawn equally.
+
+    >>> class_balanced_weights([0, 0, 0, 1]).round(3).tolist()
+    [0.167, 0.167, 0.167, 0.5]
+    """
+    cls = np.asarray(classes)
+    _, inverse, counts = np.unique(cls, return_inverse=True, return_counts=True)
+    w = 1.0 / counts[inverse]
+    return w / w.sum()
+
+
 def balanced_indices(labels: Sequence[int], *, seed: int, epoch: int, num_samples: int | None = None,
                      rank: int = 0, world_size: int = 1, balanced: bool = True) -> list[int]:
     """Return this rank's sample indices for ``epoch``: a class-balanced draw with replacement.
@@ -125,8 +137,7 @@ def balanced_indices(labels: Sequence[int], *, seed: int, epoch: int, num_sample
     total = int(math.ceil(total / world_size) * world_size)
     gen = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     if balanced:
-        counts = np.bincount(labels)
-        weights = torch.tensor([1.0 / counts[v] for v in labels], dtype=torch.double)
+        weights = torch.as_tensor(class_balanced_weights(labels), dtype=torch.double)
         idx = torch.multinomial(weights, total, replacement=True, generator=gen).tolist()
     else:
         reps = int(math.ceil(total / max(n, 1)))

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 #: Display names of the methods, in table order.
 METHOD_NAMES: dict[str, str] = {
     "voxelmorph": "VoxelMorph (test, oracle class)",
+    "voxelmorph_network": "VoxelMorph network only, no refinement",
     "affine": "Affine only",
     "demons": "Affine + demons",
     "voxelmorph_all_test": "VoxelMorph (all test subjects)",
@@ -49,8 +50,10 @@ def evaluate_methods(lp_dataset: Mapping[str, Any], lp_subjects: pd.DataFrame, b
     """Return ``per_label``, ``per_subject`` and ``timing`` tables for every method (reads ``gt``).
 
     Methods: ``voxelmorph`` on the test subjects the baselines registered (same pairs),
-    ``voxelmorph_all_test`` on every test subject, ``voxelmorph_fitted`` on the training and
-    validation subjects the network was trained on, and each baseline method.
+    ``voxelmorph_network`` on the same pairs without the per-subject refinement (when
+    ``lp_subjects`` has ``lp_network``), ``voxelmorph_all_test`` on every test subject,
+    ``voxelmorph_fitted`` on the training and validation subjects the network was trained on,
+    and each baseline method.
     """
     from fetalcmr.propagation import evaluate_against_truth
 
@@ -60,6 +63,15 @@ def evaluate_methods(lp_dataset: Mapping[str, Any], lp_subjects: pd.DataFrame, b
     vxm_pred = {str(it["id"]): it["lp"] for it in test + fitted}
     runs: list[tuple[str, list[Mapping[str, Any]], Mapping[str, str]]] = [
         ("voxelmorph", [it for it in test if str(it["id"]) in same], vxm_pred),
+    ]
+    timings = {"voxelmorph": lp_subjects, "voxelmorph_all_test": lp_subjects, "voxelmorph_fitted": lp_subjects}
+    if "lp_network" in lp_subjects:
+        net = lp_subjects.dropna(subset=["lp_network"])
+        runs.append(("voxelmorph_network", [it for it in test if str(it["id"]) in same],
+                     dict(zip(net["id"].astype(str), net["lp_network"]))))
+        timings["voxelmorph_network"] = net.drop(columns=["seconds", "fold_fraction", "jac_min"]).rename(
+            columns={"seconds_network": "seconds", "fold_fraction_network": "fold_fraction"}).assign(jac_min=np.nan)
+    runs += [
         ("voxelmorph_all_test", test, vxm_pred),
         ("voxelmorph_fitted", fitted, vxm_pred),
     ]
@@ -74,8 +86,7 @@ def evaluate_methods(lp_dataset: Mapping[str, Any], lp_subjects: pd.DataFrame, b
             continue
         per_label.append(lab)
         per_subject.append(add_arch_topology(subj, preds))
-        src = baselines[baselines["method"] == method] if method in set(baselines.get("method", [])) \
-            else lp_subjects
+        src = timings.get(method, baselines[baselines["method"] == method] if len(baselines) else lp_subjects)
         t = src[src["id"].astype(str).isin(set(subj["id"]))][["id", "seconds", "fold_fraction", "jac_min"]].copy()
         t.insert(0, "method", method)
         timing.append(t)

@@ -99,16 +99,19 @@ def _fresh_run(profile: str, root: Path, seed: int) -> Path:
 
 
 def verify(profile: str = "default", *, seed: int = 0, reference: Path | None = None,
-           work_dir: Path | None = None, rtol: float = RTOL, atol: float = ATOL) -> list[Difference]:
+           regenerated: Path | None = None, work_dir: Path | None = None, rtol: float = RTOL,
+           atol: float = ATOL) -> list[Difference]:
     """Regenerate ``profile`` from scratch in ``work_dir`` and compare its tables with ``reference``.
 
     ``reference`` defaults to the committed ``figures/`` for the default profile; for other
-    profiles a second clean run is the reference.
+    profiles a second clean run is the reference. ``regenerated`` compares an existing folder
+    (e.g. the ``figures_dir`` of an earlier ``make reproduce``) instead of running again.
     """
     work = work_dir or REPO_ROOT / "data" / "runs" / f"verify-{profile}"
     if reference is None:
         reference = REPO_ROOT / "figures" if profile == "default" else _fresh_run(profile, work / "first", seed)
-    regenerated = _fresh_run(profile, work / "second", seed)
+    if regenerated is None:
+        regenerated = _fresh_run(profile, work / "second", seed)
     return compare_folders(reference, regenerated, rtol=rtol, atol=atol)
 
 
@@ -118,10 +121,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="default")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--reference", type=Path, default=None, help="folder of committed tables")
+    parser.add_argument("--regenerated", type=Path, default=None,
+                        help="compare this folder of tables instead of regenerating them")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="where the clean runs go (default data/runs/verify-PROFILE)")
     parser.add_argument("--rtol", type=float, default=RTOL)
     parser.add_argument("--atol", type=float, default=ATOL)
     args = parser.parse_args(argv)
-    diffs = verify(args.profile, seed=args.seed, reference=args.reference, rtol=args.rtol, atol=args.atol)
+    diffs = verify(args.profile, seed=args.seed, reference=args.reference, regenerated=args.regenerated,
+                   work_dir=args.work_dir, rtol=args.rtol, atol=args.atol)
     if diffs:
         print(f"verify: {len(diffs)} difference(s) beyond rtol={args.rtol}, atol={args.atol}:")
         for d in diffs:

@@ -58,6 +58,21 @@ def test_input_assembly_gives_1_12_13_channels(kind: str, channels: list[int]) -
     assert conv.in_channels == len(channels)
 
 
+@pytest.mark.parametrize(("kind", "stem_channels"), [("image", 1), ("softmax", 4), ("softmax+image", 4)])
+def test_input_projection_mixes_multichannel_inputs_down(kind: str, stem_channels: int) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(TINY, input_projection=4)
+    net = build_classifier(cfg, kind)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv3d)]
+    if stem_channels < input_channels(kind):  # a 1×1×1 channel mix, then the stem reads its output
+        assert convs[0].kernel_size == (1, 1, 1) and convs[0].in_channels == input_channels(kind)
+        assert convs[0].out_channels == 4
+        convs = convs[1:]
+    assert convs[0].in_channels == stem_channels and convs[0].kernel_size != (1, 1, 1)
+    assert net(torch.rand(2, 13, 8, 8, 8)).shape == (2, 3)
+
+
 def test_stack_inputs_puts_softmax_before_image() -> None:
     samples = [{"extra": np.full((12, 4, 4, 4), 0.5, np.float32), "image": np.full((1, 4, 4, 4), 7.0, np.float32)}]
     x = stack_inputs(samples)

@@ -4,8 +4,15 @@ runs), and writes the figures and tables it promises, each recorded in MANIFEST.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from fetalcmr.runner import StageResult, list_notebooks, run_pipeline
@@ -75,3 +82,47 @@ def test_every_notebook_runs_on_a_dataset_without_ground_truth(smoke_run, tmp_pa
         assert not [o for o in outputs if o.get("output_type") == "error"], nb.stem
         skipped += [o for o in outputs if "no ground truth" in "".join(o.get("text", "")).lower()]
     assert skipped, "no notebook said that it skipped a ground-truth analysis"
+
+
+
+@pytest.mark.slow
+def test_killed_reproduce_resumes_and_verify_compares_tables(smoke_run, tmp_path: Path) -> None:
+    """`make reproduce` killed mid-notebook resumes where it stopped, and its tables match the
+    uninterrupted run's (checked by `make verify`'s comparison, which also reports an altered
+    number). One clean smoke run serves both checks."""
+    _, root = smoke_run
+    run_dir, figures = tmp_path / "run", tmp_path / "figures"
+    runner = [sys.executable, "-m", "fetalcmr.runner", "--profile", "smoke",
+              "--run-dir", str(run_dir), "--figures-dir", str(figures)]
+    first = subprocess.Popen(runner, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run_dir / "stages" / "00_cohort.json").exists():
+            assert first.poll() is None and time.monotonic() < deadline, "first run ended before notebook 00 finished"
+            time.sleep(0.5)
+        time.sleep(8)  # notebook 01 is running now
+        assert first.poll() is None
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)  # the runner and its notebook kernel
+        first.wait()
+    assert not (run_dir / "stages" / "01_label_propagation.json").exists()
+
+    resumed = subprocess.run(runner, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "00_cohort: up to date (cached)" in resumed.stdout
+    assert "01_label_propagation: up to date" not in resumed.stdout
+
+    verify = [sys.executable, "-m", "fetalcmr.verify", "--profile", "smoke", "--regenerated", str(figures)]
+    same = subprocess.run([*verify, "--reference", str(root / "figures")], capture_output=True, text=True)
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert "every table reproduced" in same.stdout
+
+    altered = tmp_path / "altered"
+    shutil.copytree(root / "figures", altered)
+    table = altered / "tab01_methods.csv"
+    frame = pd.read_csv(table)
+    frame.loc[0, "dice_mean"] += 0.5
+    frame.to_csv(table, index=False)
+    changed = subprocess.run([*verify, "--reference", str(altered)], capture_output=True, text=True)
+    assert changed.returncode == 1
+    assert "tab01_methods.csv row 1, column 'dice_mean'" in changed.stdout

@@ -10,12 +10,14 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
 
 from fetalcmr import propagation as prop
 from fetalcmr.config import PropagationConfig
+from fetalcmr.data import class_balanced_weights
 from fetalcmr.dataset import read_dataset, write_dataset
 from fetalcmr.io import DataError, load_nifti, save_nifti
 
@@ -184,9 +186,9 @@ def test_atlas_used_matches_subject_class(tmp_path: Path, monkeypatch: pytest.Mo
     seen: list[tuple[str, int]] = []
     real = prop.register
 
-    def spy(model: torch.nn.Module, atlas: prop.AtlasData, subject: prop.SubjectData) -> torch.Tensor:
+    def spy(model: torch.nn.Module, atlas: prop.AtlasData, subject: prop.SubjectData, **kw: Any) -> torch.Tensor:
         seen.append((subject.id, atlas.cls))
-        return real(model, atlas, subject)
+        return real(model, atlas, subject, **kw)
 
     monkeypatch.setattr(prop, "register", spy)
     model = prop.build_model(TOY_CFG)
@@ -197,6 +199,60 @@ def test_atlas_used_matches_subject_class(tmp_path: Path, monkeypatch: pytest.Mo
     # with an untrained (near-identity) network the propagated labels are the class atlas itself
     lp = load_nifti(tmp_path / "labels" / f"{seen[0][0]}_lp.nii.gz").array
     assert np.array_equal(lp, atlases[seen[0][1]].labelmap)
+
+
+def test_local_ncc_matches_neurite_and_stays_in_range() -> None:
+    from neurite.nn.modules import NCC
+
+    torch.manual_seed(0)
+    a = F.avg_pool3d(torch.rand(2, 1, 16, 16, 16), 3, 1, 1)
+    b = 0.5 * a + 0.5 * F.avg_pool3d(torch.rand(2, 1, 16, 16, 16), 3, 1, 1)
+    expected = NCC(window_size=5, reduction=None)(a, b).reshape(2)
+    torch.testing.assert_close(prop.local_ncc(a, b, 5), expected, rtol=1e-4, atol=1e-5)
+    flat = torch.zeros(1, 1, 12, 12, 12)
+    flat[..., 6:] = 1e3 + 1e-4 * torch.rand(1, 1, 12, 12, 6)  # near-constant: round-off territory
+    value = prop.local_ncc(flat, flat.flip(-1), 5)
+    assert torch.isfinite(value).all() and 0 <= float(value) <= 1
+
+
+def _pair_loss(model: torch.nn.Module, loss_fn: prop.RegistrationLoss, v: torch.Tensor,
+               atlas: prop.AtlasData, subject: prop.SubjectData) -> float:
+    with torch.no_grad():
+        loss, _ = prop.velocity_loss(model, loss_fn, v, atlas.image_reg, atlas.fg_reg, subject.image_reg,
+                                     subject.binary_reg)
+    return float(loss)
+
+
+def test_refinement_lowers_the_pair_loss_and_leaves_the_network(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    data = read_dataset(make_toy_dataset(tmp_path, n_per_class=1))
+    atlases = prop.load_atlases(data, 16)
+    subject = next(s for s in prop.load_subjects(data, atlases, 16) if s.cls == 1)
+    atlas = atlases[subject.cls]
+    model, loss_fn = prop.build_model(TOY_CFG), prop.RegistrationLoss(TOY_CFG)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    v0 = prop.predict_velocity(model, atlas, subject)
+    v = prop.refine_velocity(model, loss_fn, v0, atlas.image_reg, atlas.fg_reg, subject.image_reg,
+                             subject.binary_reg, steps=15, lr=0.3)
+    assert _pair_loss(model, loss_fn, v, atlas, subject) < _pair_loss(model, loss_fn, v0, atlas, subject) - 0.01
+    assert all(torch.equal(before[k], t) for k, t in model.state_dict().items())
+    same = prop.refine_velocity(model, loss_fn, v0, atlas.image_reg, atlas.fg_reg, subject.image_reg,
+                                subject.binary_reg, steps=0, lr=0.3)
+    assert torch.equal(same, v0)
+
+
+def test_network_only_labels_are_written_for_the_listed_splits(tmp_path: Path) -> None:
+    data = read_dataset(make_toy_dataset(tmp_path, n_per_class=1))
+    atlases = prop.load_atlases(data, 16)
+    subjects = prop.load_subjects(data, atlases, 16)
+    refine = (prop.RegistrationLoss(TOY_CFG), 2, 0.3)
+    table = prop.propagate_subjects(prop.build_model(TOY_CFG), subjects, atlases, tmp_path / "labels",
+                                    progress=False, refine=refine, network_only_splits=("testing",))
+    has_network = table["lp_network"].notna()
+    assert has_network.any() and (table.loc[has_network, "split"] == "testing").all()
+    assert (table.loc[~has_network, "split"] != "testing").all()
+    assert all(Path(p).exists() for p in table.loc[has_network, "lp_network"])
+    assert (table.loc[has_network, "seconds_network"] > 0).all()
 
 
 def test_missing_atlas_for_a_class_is_an_error(tmp_path: Path) -> None:
@@ -312,7 +368,7 @@ def test_methods_table_aggregates_per_method() -> None:
 
 @given(st.lists(st.integers(0, 2), min_size=1, max_size=60))
 def test_training_draws_every_class_equally_often(classes: list[int]) -> None:
-    weights = prop.class_balanced_weights(classes)
+    weights = class_balanced_weights(classes)
     assert weights.sum() == pytest.approx(1.0)
     present = sorted(set(classes))
     per_class = [weights[np.asarray(classes) == c].sum() for c in present]
