@@ -157,7 +157,11 @@ def bench_propagation(work: Path) -> list[Row]:
     base = run_baselines(read_dataset(source), work / "baselines", methods=("demons",), progress=False)
     demons = float(base["seconds"].mean())
     full = get_profile("default").propagation.iterations
-    return [Row("propagation", "VoxelMorph propagation per test subject (affine + net + labels), 64³", vxm, "s", 1.0),
+    steps = cfg.refine_steps
+    network_only = [Row("propagation", "  of which network only (no refinement), same subjects",
+                        float(test["seconds_network"].mean()), "s")] if "seconds_network" in test else []
+    return [Row("propagation", f"VoxelMorph propagation per test subject (affine + net + {steps} refinement steps "
+                "+ labels), 64³", vxm, "s", 1.0), *network_only,
             Row("propagation", "classical (affine + demons) per test subject, same subjects", demons, "s"),
             Row("propagation", "speed ratio classical / VoxelMorph", demons / vxm, "x"),
             Row("propagation", "VoxelMorph training iteration (registration grid)", per_iter, "s"),

@@ -241,6 +241,19 @@ def test_refinement_lowers_the_pair_loss_and_leaves_the_network(tmp_path: Path) 
     assert torch.equal(same, v0)
 
 
+def test_refinement_without_dice_term_never_reads_the_mask(tmp_path: Path) -> None:
+    data = read_dataset(make_toy_dataset(tmp_path, n_per_class=1))
+    atlases = prop.load_atlases(data, 16)
+    subject = prop.load_subjects(data, atlases, 16)[0]
+    subject.binary_reg = torch.full_like(subject.binary_reg, float("nan"))  # poison: any read shows
+    model = prop.build_model(TOY_CFG)
+    no_dice = prop.RegistrationLoss(dataclasses.replace(TOY_CFG, weight_dice=0.0))
+    disp = prop.register(model, atlases[subject.cls], subject, refine=(no_dice, 3, 0.5))
+    assert torch.isfinite(disp).all()
+    with_dice = prop.RegistrationLoss(dataclasses.replace(TOY_CFG, weight_dice=1.0))
+    assert not torch.isfinite(prop.register(model, atlases[subject.cls], subject, refine=(with_dice, 3, 0.5))).all()
+
+
 def test_network_only_labels_are_written_for_the_listed_splits(tmp_path: Path) -> None:
     data = read_dataset(make_toy_dataset(tmp_path, n_per_class=1))
     atlases = prop.load_atlases(data, 16)
