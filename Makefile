@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help reproduce test lint lab bench verify clean distclean env
+.PHONY: help reproduce test lint lab bench verify mutation clean distclean env
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -40,6 +40,9 @@ bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figu
 
 verify: $(STAMP)  ## regenerate PROFILE from scratch and compare its tables with the committed ones
 	$(PY) -m fetalcmr.verify --profile $(PROFILE) --seed $(SEED)
+
+mutation: $(STAMP)  ## mutation testing of the core modules, about an hour (MODULES="topology metrics" picks some; not in make test)
+	$(PY) tests/mutation/mutate.py $(if $(MODULES),--modules $(MODULES))
 
 clean:  ## remove generated data, executed notebooks and caches (keeps .venv and figures/)
 	rm -rf data/runs .pytest_cache .ruff_cache .hypothesis

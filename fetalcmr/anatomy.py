@@ -1,4 +1,4 @@
-"""Label map, anomaly classes and the anatomy facts shared by every stage (DESIGN §3, §6).
+"""Label map, anomaly classes and the anatomy facts shared by every stage (docs/design.md §2, §9).
 
 Array convention for every volume in the package: channel-free arrays are indexed
 ``[x, y, z]`` in RAS+ orientation, i.e. index ``x`` grows towards the subject's Right,
@@ -32,7 +32,7 @@ N_LABELS: int = len(LABELS)
 #: Vessel name -> label index.
 LABEL_INDEX: Mapping[str, int] = MappingProxyType({v: k for k, v in LABELS.items()})
 
-#: Anomaly classes (DESIGN §3).
+#: Anomaly classes (docs/design.md §2).
 CLASSES: Mapping[int, str] = MappingProxyType({0: "CoA", 1: "RAA", 2: "DAA"})
 N_CLASSES: int = len(CLASSES)
 CLASS_INDEX: Mapping[str, int] = MappingProxyType({v: k for k, v in CLASSES.items()})

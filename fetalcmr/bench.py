@@ -208,10 +208,11 @@ def bench_infer(work: Path) -> list[Row]:
     import torch
 
     from fetalcmr.anatomy import CLASSES, LABELS
-    from fetalcmr.bundle import build_joint, export_bundle
+    from fetalcmr.bundle import export_bundle
     from fetalcmr.config import get_profile
     from fetalcmr.dataset import read_dataset
     from fetalcmr.infer import infer
+    from fetalcmr.joint import build_joint
 
     torch.set_num_threads(2)
     prof = get_profile("default")

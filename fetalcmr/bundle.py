@@ -25,6 +25,7 @@ import fetalcmr
 from fetalcmr.atomic import atomic_path, write_json_atomic
 from fetalcmr.cache import file_digest
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
+from fetalcmr.joint import build_joint
 from fetalcmr.manifest import git_commit
 
 BUNDLE_FORMAT: int = 1
@@ -64,14 +65,6 @@ def _config_from(cls: type, data: dict[str, Any]) -> Any:
     if unknown:
         raise BundleError(f"bundle configuration has fields this version does not know: {sorted(unknown)}")
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
-
-
-def build_joint(seg_cfg: SegmenterConfig, cls_cfg: ClassifierConfig, kind: str) -> nn.Module:
-    """Return an untrained joint network (segmenter → classifier reading ``kind`` inputs)."""
-    from fetalcmr.classification import build_classifier
-    from fetalcmr.models import JointNet, make_segmenter
-
-    return JointNet(make_segmenter(seg_cfg), build_classifier(cls_cfg, kind), with_image=True)
 
 
 def export_bundle(out_dir: str | os.PathLike[str], members: list[nn.Module], *, segmenter: SegmenterConfig,

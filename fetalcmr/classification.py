@@ -1,7 +1,7 @@
 """Anomaly classification (notebook 03): classifier inputs, experiments over input types and seeds,
 test-set evaluation and a benchmark.
 
-Three inputs are compared on the same split (DESIGN §5): the ``image`` alone (1 channel), the
+Three inputs are compared on the same split (docs/design.md §4): the ``image`` alone (1 channel), the
 ``softmax`` of the frozen LP+manual segmenter (12 channels), and ``softmax+image`` (13
 channels, the reference's best). Every classification sample carries both the softmax (key
 ``extra``) and the image, so the engine draws the *same* augmented volumes for every input type;
@@ -9,10 +9,14 @@ the network's first layer (:class:`InputSelect`) keeps the channels its input ty
 frozen segmenter's softmax is computed once and cached. The classifier may run on a coarser
 grid than the segmenter (:class:`GridPool`, ``ClassifierConfig.grid``): inputs are
 average-pooled inside the network, so the same classifier plugs into the joint network
-(:class:`fetalcmr.models.JointNet`), which hands it the full-grid softmax and image.
+(:class:`fetalcmr.models.JointNet`), which hands it the full-grid softmax and image. What the
+stage leaves in a run folder is :class:`ClassificationOutputs` (:func:`run_classification`,
+:func:`load_classification`).
 
 >>> input_channels("softmax+image")
 13
+>>> run_dir("models/classifier", "softmax+image", 1).as_posix()
+'models/classifier/softmax_image/seed1'
 """
 
 from __future__ import annotations
@@ -33,16 +37,24 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fetalcmr.anatomy import CLASSES, N_LABELS
-from fetalcmr.atomic import atomic_path
-from fetalcmr.cache import code_version, content_key
+from fetalcmr.cache import code_version, content_key, mark_fresh
 from fetalcmr.calibration import expected_calibration_error, reliability_table
 from fetalcmr.classmetrics import balanced_accuracy, confusion, per_class_scores
-from fetalcmr.config import ClassifierConfig
+from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import make_classifier
-from fetalcmr.train import TrainConfig, TrainResult, forward_volume, train
+from fetalcmr.paths import RunPaths
+from fetalcmr.predict import SOFTMAX_DONE, load_softmax, predict_volume, save_softmax, softmax_file
+from fetalcmr.segmentation import METHOD as SEGMENTER_METHOD
+from fetalcmr.segmentation import SegmentationOutputs
+from fetalcmr.stats import mean_sd
+from fetalcmr.train import TrainConfig, TrainResult, load_checkpoint, read_history, train
 
+#: The notebook of this stage.
+STAGE = "03_classification"
 #: Classifier input types, in the order they are reported.
 INPUT_KINDS: tuple[str, ...] = ("image", "softmax", "softmax+image")
+#: Test predictions of every run (:func:`prediction_frame` rows), under the run's ``results/``.
+PREDICTIONS_CSV = "classification_predictions.csv"
 
 
 def input_channels(kind: str, n_labels: int = N_LABELS) -> int:
@@ -161,38 +173,11 @@ def pool_to(x: np.ndarray | torch.Tensor, grid: int | None) -> np.ndarray:
     return t.numpy()
 
 
-def segmenter_divisor(segmenter: nn.Module) -> int:
-    """Return the factor spatial sizes must divide for ``segmenter`` (product of its strides)."""
-    out = 1
-    for s in getattr(segmenter, "strides", ()) or ():
-        out *= int(np.prod(s))
-    return out
-
-
-@torch.no_grad()
 def segmenter_softmax(segmenter: nn.Module, samples: Sequence[Mapping[str, Any]], *, grid: int | None,
                       progress: bool = True) -> dict[str, np.ndarray]:
     """Return ``{id: softmax [12, grid³] float32}`` of the frozen ``segmenter`` on each sample's image."""
-    segmenter.eval()
-    multiple = segmenter_divisor(segmenter)
-    out: dict[str, np.ndarray] = {}
-    for s in tqdm(samples, desc="segmenter softmax", disable=not progress, leave=False):
-        image = torch.as_tensor(np.asarray(s["image"], dtype=np.float32))[None]
-        logits = forward_volume(segmenter, image, multiple=multiple)
-        out[str(s["id"])] = pool_to(torch.softmax(logits.float(), dim=1)[0], grid)
-    return out
-
-
-def save_softmax(path: str | os.PathLike[str], softmax: Mapping[str, np.ndarray]) -> None:
-    """Write ``{id: softmax}`` to ``path`` (.npz, float16, atomically)."""
-    with atomic_path(Path(path)) as tmp, open(tmp, "wb") as fh:
-        np.savez_compressed(fh, **{k: v.astype(np.float16) for k, v in softmax.items()})
-
-
-def load_softmax(path: str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Return ``{id: softmax float32}`` written by :func:`save_softmax`."""
-    with np.load(path) as z:
-        return {k: z[k].astype(np.float32) for k in z.files}
+    return {str(s["id"]): pool_to(predict_volume(segmenter, s["image"]).softmax, grid)
+            for s in tqdm(samples, desc="segmenter softmax", disable=not progress, leave=False)}
 
 
 def classification_samples(samples: Sequence[Mapping[str, Any]], softmax: Mapping[str, np.ndarray], *,
@@ -221,28 +206,25 @@ def stack_inputs(samples: Sequence[Mapping[str, Any]]) -> torch.Tensor:
 
 
 def stored_softmax(folder: str | os.PathLike[str], ids: Sequence[str], *, grid: int | None,
-                   record: str = "done.json") -> dict[str, np.ndarray] | None:
-    """Return ``{id: softmax pooled to grid}`` from ``folder/<id>.npz`` (key ``softmax``), or None
-    when the folder's ``record`` is missing or any subject's file is."""
-    folder = Path(folder)
-    files = [folder / f"{i}.npz" for i in ids]
-    if not (folder / record).exists() or not all(f.exists() for f in files):
+                   record: str = SOFTMAX_DONE) -> dict[str, np.ndarray] | None:
+    """Return ``{id: softmax pooled to grid}`` from the softmax files in ``folder``
+    (:func:`fetalcmr.predict.softmax_file`), or None when the folder's ``record`` is missing or
+    any subject's file is."""
+    files = [softmax_file(folder, str(i)) for i in ids]
+    if not (Path(folder) / record).exists() or not all(f.exists() for f in files):
         return None
-    out = {}
-    for i, f in zip(ids, files, strict=True):
-        with np.load(f) as z:
-            out[str(i)] = pool_to(z["softmax"].astype(np.float32), grid)
-    return out
+    return {str(i): pool_to(load_softmax(f), grid) for i, f in zip(ids, files, strict=True)}
 
 
 @dataclass
 class ClassificationData:
-    """Classifier samples of every split (same order as the dataset's items), and their cache key."""
+    """Classifier samples of every split (same order as the dataset's items), their cache key and
+    the folder caching the segmenter's softmax."""
 
     samples: dict[str, list[dict[str, Any]]]
     items: dict[str, list[dict[str, Any]]]
     data_key: str
-    softmax_path: Path
+    softmax_dir: Path
 
 
 def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, segmenter_key: str,
@@ -253,9 +235,10 @@ def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, seg
 
     Items are read through :func:`fetalcmr.data.make_samples` (image and label only; never
     ``gt``) on the cohort grid. The softmax, pooled to the classifier grid, is stored once per
-    (segmenter, subjects, grids) in ``cache_dir/softmax_<key>.npz``. It is read from
-    ``softmax_dir/<id>.npz`` (written by notebook 02 for the same segmenter, completed by its
-    ``done.json``) when every subject is there, else computed here.
+    (segmenter, subjects, grids) in the folder ``cache_dir/softmax_<key>/`` (one file per subject,
+    :mod:`fetalcmr.predict`'s format). It is read from ``softmax_dir`` (written by notebook 02
+    for the same segmenter, completed by its ``done.json``) when every subject is there, else
+    computed here.
     """
     from fetalcmr.data import make_samples
     from fetalcmr.dataset import SPLITS
@@ -264,17 +247,19 @@ def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, seg
     raw = {split: make_samples(v, ("image", "label"), grid=grid, spacing_mm=spacing_mm) for split, v in items.items()}
     key = content_key("softmax", segmenter_key, cfg.grid, grid, spacing_mm,
                       {split: [s["id"] for s in v] for split, v in raw.items()})
-    path = Path(cache_dir) / f"softmax_{key}.npz"
+    cache = Path(cache_dir) / f"softmax_{key}"
     everyone = [s for v in raw.values() for s in v]
-    if path.exists():
-        softmax = load_softmax(path)
-    else:
-        softmax = stored_softmax(softmax_dir, [s["id"] for s in everyone], grid=cfg.grid) if softmax_dir else None
+    ids = [str(s["id"]) for s in everyone]
+    softmax = stored_softmax(cache, ids, grid=cfg.grid)
+    if softmax is None:
+        softmax = stored_softmax(softmax_dir, ids, grid=cfg.grid) if softmax_dir else None
         if softmax is None:
             softmax = segmenter_softmax(segmenter, everyone, grid=cfg.grid, progress=progress)
-        save_softmax(path, softmax)
+        for sid, soft in softmax.items():
+            save_softmax(softmax_file(cache, sid), soft)
+        mark_fresh(cache / SOFTMAX_DONE, key, n_subjects=len(softmax))
     samples = {split: classification_samples(v, softmax, grid=cfg.grid) for split, v in raw.items()}
-    return ClassificationData(samples=samples, items=items, data_key=key, softmax_path=path)
+    return ClassificationData(samples=samples, items=items, data_key=key, softmax_dir=cache)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,7 +277,7 @@ def train_classifier(cfg: ClassifierConfig, kind: str, train_samples: Sequence[d
                      data_key: str = "", progress: bool = True) -> TrainResult:
     """Return the trained classifier for input ``kind`` (resumes or loads a finished run)."""
     run_key = content_key("classifier", kind, dataclasses.asdict(cfg), data_key, [s["id"] for s in train_samples],
-                          code_version("classification", "models"))
+                          code_version(__name__))
     return train(lambda: build_classifier(cfg, kind), train_samples, val_samples, train_config(cfg, seed),
                  out_dir, run_key=run_key, progress=progress)
 
@@ -310,10 +295,13 @@ def predict_probs(model: nn.Module, samples: Sequence[Mapping[str, Any]], batch_
 
 
 def prediction_frame(ids: Sequence[str], labels: Sequence[int], probs: np.ndarray, **columns: Any) -> pd.DataFrame:
-    """Return one row per subject: ``columns…, id, label, pred, p0…p{C-1}``."""
+    """Return one row per subject: ``columns…, id, label, pred, p0…p{C-1}``.
+
+    Probabilities are stored as float64 (exactly the network's values), so a CSV round trip keeps them.
+    """
     df = pd.DataFrame({"id": list(ids), "label": [int(v) for v in labels], "pred": probs.argmax(1)})
     for c in range(probs.shape[1]):
-        df[f"p{c}"] = probs[:, c]
+        df[f"p{c}"] = probs[:, c].astype(np.float64)
     for k, v in reversed(list(columns.items())):
         df.insert(0, k, v)
     return df
@@ -327,7 +315,8 @@ def probs_of(df: pd.DataFrame) -> np.ndarray:
 
 @dataclass
 class ClassificationRun:
-    """One trained classifier: input type, seed, test predictions and costs."""
+    """One trained classifier: input type, seed, test predictions and costs (``model``: None when
+    read from a run folder; :meth:`ClassificationOutputs.weights` loads its weights)."""
 
     kind: str
     seed: int
@@ -336,7 +325,12 @@ class ClassificationRun:
     train_seconds: float
     infer_seconds_per_subject: float
     out_dir: Path
-    model: nn.Module
+    model: nn.Module | None = None
+
+
+def run_dir(out_dir: str | os.PathLike[str], kind: str, seed: int) -> Path:
+    """Return the folder of the classifier run of input ``kind`` and ``seed`` under ``out_dir``."""
+    return Path(out_dir) / _check_kind(kind).replace("+", "_") / f"seed{seed}"
 
 
 def run_experiments(cfg: ClassifierConfig, train_samples: Sequence[dict[str, Any]],
@@ -353,8 +347,7 @@ def run_experiments(cfg: ClassifierConfig, train_samples: Sequence[dict[str, Any
     runs = []
     for kind in kinds:
         for seed in (cfg.seeds if seeds is None else seeds):
-            res = train_classifier(cfg, kind, train_samples, val_samples,
-                                   out_dir / kind.replace("+", "_") / f"seed{seed}", seed=seed,
+            res = train_classifier(cfg, kind, train_samples, val_samples, run_dir(out_dir, kind, seed), seed=seed,
                                    data_key=data_key, progress=progress)
             t0 = time.perf_counter()
             probs = predict_probs(res.model, test_samples)
@@ -367,16 +360,121 @@ def run_experiments(cfg: ClassifierConfig, train_samples: Sequence[dict[str, Any
 
 
 # --------------------------------------------------------------------------------------------
+# the whole stage
+
+
+def finished_weights(out_dir: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Return the weights that :func:`fetalcmr.train.train` returns for the finished run in ``out_dir``:
+    its ``best.pt`` when the run selects the best epoch and that file belongs to it, else its last
+    epoch's (``latest.pt``). Raises ``FileNotFoundError`` for a missing or unfinished run."""
+    out = Path(out_dir)
+    if not (out / "latest.pt").exists():
+        raise FileNotFoundError(f"{out}: no finished training run (no latest.pt)")
+    latest = load_checkpoint(out / "latest.pt")
+    config = latest["identity"]["config"]
+    if int(latest["epoch"]) < int(config["epochs"]):
+        raise FileNotFoundError(f"{out}: training run stopped at epoch {latest['epoch']} of {config['epochs']}")
+    if config.get("select") == "best" and (out / "best.pt").exists():
+        best = load_checkpoint(out / "best.pt")
+        if best.get("identity") == latest["identity"]:
+            return best["model"]
+    return latest["model"]
+
+
+@dataclass(frozen=True, eq=False)
+class ClassificationOutputs:
+    """What notebook 03 leaves in a run folder (:func:`run_classification`, :func:`load_classification`)."""
+
+    runs: tuple[ClassificationRun, ...]  # per input type and seed, in training order (no models in memory)
+    data_key: str  # cache key of the classifier inputs (segmenter, subjects, grids)
+    softmax_dir: Path  # the segmenter's softmax of every subject, pooled to the classifier grid
+    split_sizes: Mapping[str, int]  # subjects per split
+
+    @property
+    def predictions(self) -> pd.DataFrame:
+        """Test predictions of every run: ``kind, seed, id, label, pred, p0…``."""
+        return pd.concat([r.predictions for r in self.runs], ignore_index=True)
+
+    def run(self, kind: str, seed: int) -> ClassificationRun:
+        """Return the run of input ``kind`` and ``seed``; ``KeyError`` names the runs there are."""
+        for r in self.runs:
+            if r.kind == kind and r.seed == seed:
+                return r
+        raise KeyError(f"no classifier run {kind} seed {seed}; runs: {[(r.kind, r.seed) for r in self.runs]}")
+
+    def checkpoint(self, kind: str, seed: int) -> Path:
+        """Return the run's last checkpoint (``latest.pt``: its digest identifies the run)."""
+        return self.run(kind, seed).out_dir / "latest.pt"
+
+    def weights(self, kind: str, seed: int) -> dict[str, torch.Tensor]:
+        """Return the run's selected weights (:func:`finished_weights`), as training returned them."""
+        return finished_weights(self.run(kind, seed).out_dir)
+
+
+def _read_outputs(paths: RunPaths) -> ClassificationOutputs:
+    """Return the outputs the stage's record under ``paths`` describes, read from their files."""
+    import json
+
+    record = json.loads(paths.outputs_record(STAGE).read_text())
+    predictions = pd.read_csv(paths.results_dir / PREDICTIONS_CSV, dtype={"id": str, "kind": str})
+    runs = []
+    for r in record["runs"]:
+        kind, seed = str(r["kind"]), int(r["seed"])
+        out = run_dir(paths.classifier_dir, kind, seed)
+        paths.require(STAGE, out / "latest.pt", out / "history.csv")
+        history = read_history(out)
+        preds = predictions[(predictions["kind"] == kind) & (predictions["seed"] == seed)].reset_index(drop=True)
+        seconds = float(history["seconds"].sum()) if "seconds" in history else float("nan")
+        runs.append(ClassificationRun(kind, seed, preds, history, seconds, float(r["infer_seconds_per_subject"]),
+                                      out))
+    return ClassificationOutputs(runs=tuple(runs), data_key=record["data_key"],
+                                 softmax_dir=paths.classifier_dir / f"softmax_{record['data_key']}",
+                                 split_sizes=dict(record["split_sizes"]))
+
+
+def run_classification(data: Mapping[str, Any], segmentation: SegmentationOutputs, cfg: ClassifierConfig,
+                       segmenter_cfg: SegmenterConfig, *, paths: RunPaths, grid: int | None,
+                       spacing_mm: float | None, kinds: Sequence[str] = INPUT_KINDS,
+                       seeds: Sequence[int] | None = None, progress: bool = True) -> ClassificationOutputs:
+    """Train (or load) the classifiers of ``kinds`` × ``seeds`` on the frozen LP+manual segmenter of
+    notebook 02 (``segmentation``), predict the test subjects and record the stage.
+
+    Runs live in ``paths.classifier_dir`` (:func:`run_dir`); the test predictions go to
+    ``results/classification_predictions.csv``; the stage's record is written last. The outputs are
+    read back from the files, so they equal :func:`load_classification`'s.
+    """
+    from fetalcmr.atomic import atomic_path, write_json_atomic
+
+    if SEGMENTER_METHOD not in segmentation.checkpoints or segmentation.softmax_dir is None:
+        raise ValueError(f"notebook 02 did not train the segmenter {SEGMENTER_METHOD!r} the classifier reads")
+    segmenter, seg_key = load_segmenter(segmentation.checkpoints[SEGMENTER_METHOD], segmenter_cfg)
+    prep = prepare_classification(data, segmenter, segmenter_key=seg_key, cfg=cfg, grid=grid, spacing_mm=spacing_mm,
+                                  cache_dir=paths.classifier_dir, softmax_dir=segmentation.softmax_dir,
+                                  progress=progress)
+    runs = run_experiments(cfg, prep.samples["training"], prep.samples["validation"], prep.samples["testing"],
+                           paths.classifier_dir, kinds=kinds, seeds=seeds, data_key=prep.data_key,
+                           progress=progress)
+    with atomic_path(paths.results_dir / PREDICTIONS_CSV) as tmp:
+        pd.concat([r.predictions for r in runs], ignore_index=True).to_csv(tmp, index=False)
+    write_json_atomic(paths.outputs_record(STAGE), {
+        "data_key": prep.data_key, "split_sizes": {k: len(v) for k, v in prep.samples.items()},
+        "runs": [{"kind": r.kind, "seed": r.seed, "infer_seconds_per_subject": r.infer_seconds_per_subject}
+                 for r in runs]})
+    return _read_outputs(paths)
+
+
+def load_classification(paths: RunPaths) -> ClassificationOutputs:
+    """Return what notebook 03 wrote for the run ``paths``: the finished runs (no retraining).
+
+    Raises :class:`fetalcmr.paths.StageNotRun` when the stage has not run there, or one of its runs
+    is missing.
+    """
+    paths.require(STAGE, paths.outputs_record(STAGE), paths.results_dir / PREDICTIONS_CSV)
+    return _read_outputs(paths)
+
+
+# --------------------------------------------------------------------------------------------
 # evaluation
-
-
-def _mean_sd(values: Sequence[float], digits: int = 2) -> str:
-    v = np.asarray(values, dtype=float)
-    v = v[np.isfinite(v)]
-    if v.size == 0:
-        return "n/a"
-    sd = float(v.std(ddof=1)) if v.size > 1 else float("nan")
-    return f"{v.mean():.{digits}f} ({sd:.{digits}f})" if np.isfinite(sd) else f"{v.mean():.{digits}f}"
 
 
 def run_scores(predictions: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
@@ -400,10 +498,10 @@ def summary_table(runs: Sequence[ClassificationRun], n_bins: int = 10) -> pd.Dat
         mine = [r for r in runs if r.kind == kind]
         rows.append({
             "input": kind, "channels": input_channels(kind), "seeds": len(mine),
-            "balanced_accuracy": _mean_sd(s["balanced_accuracy"]),
+            "balanced_accuracy": mean_sd(s["balanced_accuracy"]),
             "bacc_mean": float(s["balanced_accuracy"].mean()),
             "bacc_sd": float(s["balanced_accuracy"].std(ddof=1)) if len(s) > 1 else float("nan"),
-            "ece": _mean_sd(s["ece"]),
+            "ece": mean_sd(s["ece"]),
             "train_s_per_run": float(np.mean([r.train_seconds for r in mine])),
             "infer_s_per_subject": float(np.mean([r.infer_seconds_per_subject for r in mine])),
         })
@@ -419,7 +517,7 @@ def per_class_table(predictions: pd.DataFrame, classes: Mapping[int, str] = CLAS
         for c, name in sorted(classes.items()):
             sc = stacked[stacked["class"] == c]
             rows.append({"input": kind, "class": name,
-                         **{m: _mean_sd(sc[m]) for m in ("precision", "recall", "f1")},
+                         **{m: mean_sd(sc[m]) for m in ("precision", "recall", "f1")},
                          "support": int(sc["support"].iloc[0])})
     return pd.DataFrame(rows)
 

@@ -42,12 +42,14 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from fetalcmr.bundle import BundleError, copy_bundle
+    from fetalcmr.joint import load_joint
     from fetalcmr.notebook import default_run_dir
+    from fetalcmr.paths import RunPaths, StageNotRun
 
     run = Path(args.run_dir) if args.run_dir else default_run_dir(args.profile)
     try:
-        out = copy_bundle(run / "models" / "bundle", args.out)
-    except BundleError as err:
+        out = copy_bundle(load_joint(RunPaths(run)).bundle_dir, args.out)
+    except (BundleError, StageNotRun) as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
     print(f"bundle of {run} copied to {out}; run it with: fetalcmr infer VOLUMES --bundle {out} --out RESULTS")

@@ -1,4 +1,4 @@
-"""Profiles: every size, count and hyperparameter of the pipeline in one place (DESIGN §4).
+"""Profiles: every size, count and hyperparameter of the pipeline in one place (docs/design.md §3).
 
 ``smoke`` exercises every code path in seconds, ``default`` is the laptop-CPU reproduction
 behind the committed figures, ``paper`` carries the reference implementation's settings for a
@@ -127,7 +127,6 @@ class Profile:
     segmenter: SegmenterConfig
     classifier: ClassifierConfig
     joint: JointConfig
-    seed: int = 0
     #: reductions relative to the reference implementation, recorded in the MANIFEST
     reductions: tuple[str, ...] = field(default_factory=tuple)
 

@@ -2,7 +2,7 @@
 class-balanced epoch sampler that also works under DistributedDataParallel.
 
 Training reads items only through :func:`fetalcmr.dataset.training_view`: ``gt`` never reaches
-the data layer of a training run (the weak-supervision invariant, DESIGN §3).
+the data layer of a training run (the weak-supervision invariant, docs/design.md §2).
 
 >>> import numpy as np
 >>> idx = balanced_indices([0, 0, 0, 1], seed=0, epoch=0)

@@ -1,4 +1,4 @@
-"""Decathlon-style ``dataset.json``: read, write, validate (DESIGN §3).
+"""Decathlon-style ``dataset.json``: read, write, validate (docs/design.md §2).
 
 Paths inside the file are relative to its folder (as MONAI's ``load_decathlon_datalist``
 expects); :func:`read_dataset` returns them absolute, :func:`write_dataset` makes them

@@ -20,6 +20,7 @@ import numpy as np
 
 from fetalcmr.anatomy import LABELS
 from fetalcmr.atomic import write_text_atomic
+from fetalcmr.methods import by_name
 from fetalcmr.render import _bounds, label_colors, label_meshes, per_map
 
 PLOTLY_JS = "plotly.min.js"
@@ -130,7 +131,9 @@ def case_figure(labelmaps: Mapping[str, np.ndarray], spacing_mm: Sequence[float]
     ``decimate`` and ``step_size`` may be given per map (``{name: value}``; others get 1.25 and 1).
 
     Scenes sit side by side in the order of ``labelmaps`` (e.g. truth, then methods); axes are
-    RAS+ millimetres; buttons switch every scene to the anterior, left or superior camera.
+    RAS+ millimetres; buttons switch every scene to the anterior, left or superior camera. A scene
+    named after a method of :mod:`fetalcmr.methods` (its id, short or long label) has its title in
+    that method's colour.
     """
     if not labelmaps:
         raise ValueError("case_figure: no label maps given")
@@ -163,9 +166,11 @@ def case_figure(labelmaps: Mapping[str, np.ndarray], spacing_mm: Sequence[float]
             "zaxis": {**axis, "range": list(bounds[2])},
             "aspectmode": "cube", "camera": {**CAMERAS[view], "projection": {"type": "orthographic"}},
         }
+        method = by_name(name)
+        font = {"size": 14, **({"color": method.colour} if method else {})}
         layout["annotations"].append({"text": f"<b>{html.escape(name)}</b>", "x": x0 + width / 2,
                                       "y": 0.97, "xref": "paper", "yref": "paper", "showarrow": False,
-                                      "yanchor": "top", "font": {"size": 14}})
+                                      "yanchor": "top", "font": font})
     layout["updatemenus"] = [{
         "type": "buttons", "direction": "right", "x": 0.0, "y": 1.0, "xanchor": "left",
         "yanchor": "bottom", "pad": {"t": 0, "b": 4},

@@ -21,12 +21,11 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import pandas as pd
-import torch
-from scipy import ndimage
 
 from fetalcmr.atomic import write_json_atomic, write_text_atomic
 from fetalcmr.bundle import Bundle
-from fetalcmr.io import DataError, load_nifti, save_nifti
+from fetalcmr.io import DataError, Volume, load_nifti, resample_labels, save_nifti
+from fetalcmr.predict import predict_volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -102,34 +101,18 @@ def check_output_folder(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: output folder is not writable")
 
 
-def to_input_grid(labelmap: np.ndarray, model_affine: np.ndarray, image: nib.Nifti1Image) -> np.ndarray:
-    """Resample a label map on the model grid onto ``image``'s own voxel grid (nearest neighbour)."""
-    shape = image.shape[:3]
-    mapping = np.linalg.inv(model_affine) @ image.affine
-    return ndimage.affine_transform(labelmap.astype(np.uint8), mapping[:3, :3], offset=mapping[:3, 3],
-                                    output_shape=shape, order=0, mode="constant", cval=0)
-
-
 def predict(bundle: Bundle, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Return ``(label map, class probabilities [C], class)`` of the ensemble on a model-grid image."""
     from fetalcmr.ensemble import average_softmax, ensemble_classes
-    from fetalcmr.train import forward_volume
 
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
     softmaxes, class_probs = [], []
     for member in bundle.members:
-        seg_logits, cls_logits = forward_volume(member, x, multiple=_divisor(member))
-        softmaxes.append(torch.softmax(seg_logits, dim=1)[0].numpy())
-        class_probs.append(torch.softmax(cls_logits, dim=1).numpy())
+        softmax, probs = predict_volume(member, np.asarray(image)[None])
+        softmaxes.append(softmax)
+        class_probs.append(probs[None])
     labelmap = average_softmax(softmaxes).argmax(axis=0).astype(np.uint8)
     voted, mean_probs = ensemble_classes(class_probs)
     return labelmap, mean_probs[0], int(voted[0])
-
-
-def _divisor(member: torch.nn.Module) -> int:
-    from fetalcmr.models import min_divisor
-
-    return min_divisor(tuple(member.segmenter.strides))
 
 
 def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
@@ -157,7 +140,7 @@ def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], ou
         vol = load_volume(case.image, kind="image", grid=bundle.grid, spacing_mm=bundle.spacing_mm)
         labelmap, probs, cls = predict(bundle, vol.array)
         original = nib.load(str(case.image))
-        back = to_input_grid(labelmap, vol.affine, original)
+        back = resample_labels(Volume(labelmap, vol.affine), original.affine, original.shape[:3])
         label_path = out / f"{case.id}_labels.nii.gz"
         save_nifti(label_path, back, original.affine)
         report = topology_report(labelmap, cls)

@@ -116,9 +116,27 @@ def resample_to_grid(volume: Volume, grid: int, spacing_mm: float, *, is_label: 
         dst = [slice(sl.start - s, sl.stop - s) for sl, s in zip(src, shift)]
         out[tuple(dst)] = volume.array[tuple(src)]
         return Volume(out, out_affine)
-    out = ndimage.affine_transform(
-        volume.array.astype(np.float32 if not is_label else volume.array.dtype),
-        mapping[:3, :3], offset=mapping[:3, 3], output_shape=(grid,) * 3,
-        order=0 if is_label else 1, mode="constant", cval=0.0,
-    )
+    if is_label:
+        return Volume(resample_labels(volume, out_affine, (grid,) * 3), out_affine)
+    out = ndimage.affine_transform(volume.array.astype(np.float32), mapping[:3, :3], offset=mapping[:3, 3],
+                                   output_shape=(grid,) * 3, order=1, mode="constant", cval=0.0)
     return Volume(out, out_affine)
+
+
+def resample_labels(volume: Volume, affine: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Return the label map ``volume`` resampled (nearest neighbour) onto the grid of ``shape``
+    voxels with voxel-to-world ``affine``; voxels outside ``volume`` are 0, the dtype is kept.
+
+    A grid equal to the volume's own (affines within 1e-4) returns the array unchanged.
+
+    >>> labels = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)
+    >>> flipped = np.array([[-1.0, 0, 0, 1], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])  # same box, x reversed
+    >>> resample_labels(Volume(labels, np.eye(4)), flipped, (2, 2, 2))[:, 0, 0].tolist()
+    [4, 0]
+    """
+    shape = tuple(int(n) for n in shape)
+    if volume.array.shape == shape and np.allclose(volume.affine, affine, atol=1e-4):
+        return volume.array
+    mapping = np.linalg.inv(volume.affine) @ np.asarray(affine, dtype=np.float64)
+    return ndimage.affine_transform(volume.array, mapping[:3, :3], offset=mapping[:3, 3], output_shape=shape,
+                                    order=0, mode="constant", cval=0)

@@ -7,10 +7,13 @@ its own grid). The engine's ``joint`` mode trains both with ``seg loss + λ · C
 the classification term reach the segmenter through its softmax. Controls: the separately
 trained pair (no fine-tuning) and the same fine-tuning with λ = 0 (as many steps; only the
 segmentation loss). Every run keeps its last weights (``select="last"``), so the runs compared
-differ only in λ.
+differ only in λ. The compared methods are named by their :mod:`fetalcmr.methods` id; what the
+stage leaves in a run folder is :class:`JointOutputs` (:func:`run_joint`, :func:`load_joint`).
 
->>> sorted(METHOD_LABELS)[:2]
-['ensemble', 'joint']
+>>> [method_label(m) for m in ("lambda0", "joint_seed1")]
+['fine-tuned, λ = 0 (control)', 'joint fine-tuned, classifier seed 1']
+>>> joint_run_dir("models/joint", "sweep_0.5").as_posix()
+'models/joint/sweep/sweep_0.5'
 """
 
 from __future__ import annotations
@@ -25,48 +28,73 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from scipy import stats
 from torch import nn
 from tqdm.auto import tqdm
 
 from fetalcmr.anatomy import CLASSES, N_LABELS
 from fetalcmr.atomic import atomic_path
-from fetalcmr.cache import code_version, content_key
-from fetalcmr.classification import build_classifier, segmenter_divisor
+from fetalcmr.cache import code_version, content_key, file_digest
+from fetalcmr.classification import ClassificationOutputs, build_classifier, load_segmenter
 from fetalcmr.classmetrics import balanced_accuracy
 from fetalcmr.config import ClassifierConfig, JointConfig, SegmenterConfig
 from fetalcmr.ensemble import average_softmax, ensemble_classes
 from fetalcmr.io import save_nifti
 from fetalcmr.losses import binary_weight_at
-from fetalcmr.metrics import dice_per_label, evaluate_segmentation
+from fetalcmr.methods import METHODS, get, methods_of
+from fetalcmr.metrics import dice_per_label, evaluate_segmentation, subject_mean_dice
 from fetalcmr.models import JointNet, make_segmenter
-from fetalcmr.train import TrainConfig, TrainResult, forward_volume, train
+from fetalcmr.paths import RunPaths
+from fetalcmr.predict import predict_volume
+from fetalcmr.segmentation import METHOD as SEGMENTER_METHOD
+from fetalcmr.segmentation import SegmentationOutputs
+from fetalcmr.stats import finite_mean, paired_wilcoxon
+from fetalcmr.train import TrainConfig, TrainResult, read_history, train
 
-#: Display names of the compared methods.
-METHOD_LABELS: dict[str, str] = {
-    "separate": "separately trained pair",
-    "lambda0": "fine-tuned, λ = 0 (control)",
-    "joint": "joint fine-tuned (λ = 14)",
-    "ensemble": "joint ensemble (softmax mean, majority vote)",
-}
+#: The notebook of this stage.
+STAGE = "04_joint_training"
+#: The classifier input of the joint pair.
+KIND = "softmax+image"
+#: Per-subject tables of the evaluation, under the run's ``results/``.
+SEG_METRICS_CSV = "joint_segmentation_metrics.csv"
+CLASS_PREDICTIONS_CSV = "joint_classification.csv"
 
 
 def method_label(name: str) -> str:
-    """Return the display name of a method (``joint_seed1`` → joint, classifier seed 1)."""
+    """Return the display name of a compared method (its :mod:`fetalcmr.methods` label) or of a
+    run that is not one (``joint_seed1`` → joint, classifier seed 1; ``sweep_2`` → λ sweep, λ = 2)."""
     if name.startswith("joint_seed"):
         return f"joint fine-tuned, classifier seed {name[len('joint_seed'):]}"
     if name.startswith("sweep_"):
         return f"λ sweep, λ = {name[len('sweep_'):]}"
-    return METHOD_LABELS.get(name, name)
+    return METHODS[name].label if name in METHODS else name
 
 
-def make_joint(seg_cfg: SegmenterConfig, seg_state: Mapping[str, torch.Tensor], cls_cfg: ClassifierConfig,
-               cls_state: Mapping[str, torch.Tensor], n_labels: int = N_LABELS) -> JointNet:
-    """Return a :class:`JointNet` holding copies of the given segmenter and softmax+image classifier."""
+def compared_methods(class_predictions: pd.DataFrame) -> list[str]:
+    """Return the compared methods (registry order: separate, λ = 0, joint, ensemble) that have predictions."""
+    present = set(class_predictions["method"])
+    return [m.id for m in methods_of(STAGE) if m.id in present]
+
+
+def joint_run_dir(out_dir: str | os.PathLike[str], name: str) -> Path:
+    """Return the folder of fine-tuning run ``name`` under ``out_dir`` (λ sweep runs under ``sweep/``)."""
+    return Path(out_dir) / ("sweep" if name.startswith("sweep_") else "") / name
+
+
+def build_joint(seg_cfg: SegmenterConfig, cls_cfg: ClassifierConfig, kind: str = "softmax+image", *,
+                seg_state: Mapping[str, torch.Tensor] | None = None,
+                cls_state: Mapping[str, torch.Tensor] | None = None, n_labels: int = N_LABELS) -> JointNet:
+    """Return a :class:`JointNet`: a segmenter, then a classifier reading ``kind`` inputs, holding
+    copies of the given weights (freshly initialised where none are given).
+
+    Joint fine-tuning starts from the separately trained pair; :mod:`fetalcmr.bundle` loads its
+    members into networks built here.
+    """
     segmenter = make_segmenter(seg_cfg, n_labels)
-    segmenter.load_state_dict(seg_state)
-    classifier = build_classifier(cls_cfg, "softmax+image", n_labels)
-    classifier.load_state_dict(cls_state)
+    classifier = build_classifier(cls_cfg, kind, n_labels)
+    if seg_state is not None:
+        segmenter.load_state_dict(seg_state)
+    if cls_state is not None:
+        classifier.load_state_dict(cls_state)
     return JointNet(segmenter, classifier, with_image=True)
 
 
@@ -92,7 +120,7 @@ def fine_tune(factory: Callable[[], nn.Module], train_samples: Sequence[dict[str
     ``start_key`` identifies the starting weights (e.g. digests of the separate checkpoints).
     """
     run_key = content_key("joint", start_key, [s["id"] for s in train_samples],
-                          code_version("classification", "models"))
+                          code_version(__name__))
     return train(factory, train_samples, val_samples, cfg, out_dir, run_key=run_key, progress=progress)
 
 
@@ -113,15 +141,6 @@ def stratified_subset(samples: Sequence[dict[str, Any]], n: int | None, seed: in
 
 # --------------------------------------------------------------------------------------------
 # prediction and evaluation
-
-
-@torch.no_grad()
-def pair_outputs(model: JointNet, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Return ``(segmentation softmax [12, ...], class probabilities [3])`` of ``model`` on ``image`` [1, ...]."""
-    model.eval()
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None]
-    seg, cls = forward_volume(model, x, multiple=segmenter_divisor(model.segmenter))
-    return torch.softmax(seg, 1)[0].numpy(), torch.softmax(cls, 1)[0].numpy()
 
 
 def predict_and_evaluate(models: Mapping[str, JointNet], samples: Sequence[Mapping[str, Any]],
@@ -149,7 +168,7 @@ def predict_and_evaluate(models: Mapping[str, JointNet], samples: Sequence[Mappi
         seconds: dict[str, float] = {}
         for name, model in models.items():
             t0 = time.perf_counter()
-            soft[name], probs[name] = pair_outputs(model, s["image"])
+            soft[name], probs[name] = predict_volume(model, s["image"])
             seconds[name] = time.perf_counter() - t0
         voted: dict[str, int] = {}
         for name, members in ensembles.items():
@@ -185,21 +204,10 @@ def _dice_frame(pred: np.ndarray, truth: np.ndarray, labels: Mapping[int, str]) 
                           "precision": np.nan} for k in fg])
 
 
-def subject_dice(seg: pd.DataFrame) -> pd.DataFrame:
-    """Return one row per (method, subject): mean Dice over labels, ``cls``."""
-    return (seg.groupby(["method", "id", "cls"], sort=False)["dice"].mean().reset_index())
-
-
 def correct_ids(cls_pred: pd.DataFrame, method: str) -> set[str]:
     """Return the ids that ``method`` classified correctly."""
     g = cls_pred[cls_pred["method"] == method]
     return set(g.loc[g["label"] == g["pred"], "id"])
-
-
-def _finite_mean(v: pd.Series) -> float:
-    a = pd.to_numeric(v, errors="coerce").to_numpy(float)
-    a = a[np.isfinite(a)]
-    return float(a.mean()) if a.size else float("nan")
 
 
 def comparison_table(seg: pd.DataFrame, cls_pred: pd.DataFrame, methods: Sequence[str],
@@ -215,9 +223,9 @@ def comparison_table(seg: pd.DataFrame, cls_pred: pd.DataFrame, methods: Sequenc
         daa_ok = daa_s[daa_s["id"].isin(good)]
         rows.append({
             "method": m, "description": method_label(m),
-            "dice": _finite_mean(s["dice"]), "hd95_mm": _finite_mean(s["hd95"]), "asd_mm": _finite_mean(s["asd"]),
-            "dice_daa": _finite_mean(daa_s["dice"]), "n_daa": daa_s["id"].nunique(),
-            "dice_daa_correct": _finite_mean(daa_ok["dice"]), "n_daa_correct": daa_ok["id"].nunique(),
+            "dice": finite_mean(s["dice"]), "hd95_mm": finite_mean(s["hd95"]), "asd_mm": finite_mean(s["asd"]),
+            "dice_daa": finite_mean(daa_s["dice"]), "n_daa": daa_s["id"].nunique(),
+            "dice_daa_correct": finite_mean(daa_ok["dice"]), "n_daa_correct": daa_ok["id"].nunique(),
             "balanced_accuracy": balanced_accuracy(c["label"], c["pred"]) if len(c) else float("nan"),
         })
     return pd.DataFrame(rows)
@@ -229,8 +237,8 @@ def per_label_table(seg: pd.DataFrame, methods: Sequence[str], classes: Mapping[
     for m in methods:
         for (c, _lab, name), g in seg[seg["method"] == m].groupby(["cls", "label", "name"]):
             rows.append({"method": m, "class": classes.get(int(c), str(c)), "label": name,
-                         "dice": _finite_mean(g["dice"]), "hd95_mm": _finite_mean(g["hd95"]),
-                         "asd_mm": _finite_mean(g["asd"]), "n": len(g)})
+                         "dice": finite_mean(g["dice"]), "hd95_mm": finite_mean(g["hd95"]),
+                         "asd_mm": finite_mean(g["asd"]), "n": len(g)})
     return pd.DataFrame(rows)
 
 
@@ -238,23 +246,17 @@ def paired_test(seg: pd.DataFrame, a: str, b: str, ids: set[str] | None = None) 
     """Return the paired Wilcoxon signed-rank test of per-subject mean Dice, method ``a`` vs ``b``.
 
     Keys: ``n``, ``mean_a``, ``mean_b``, ``mean_diff`` (a − b), ``statistic``, ``p`` (two-sided;
-    ``nan`` with fewer than 2 pairs or all differences zero).
+    ``nan`` with fewer than 2 pairs or all differences zero; :func:`fetalcmr.stats.paired_wilcoxon`).
     """
-    d = subject_dice(seg)
-    wide = d.pivot_table(index="id", columns="method", values="dice")
+    wide = subject_mean_dice(seg).reset_index().pivot_table(index="id", columns="method", values="dice")
     if a not in wide or b not in wide:
         return {"n": 0, "mean_a": np.nan, "mean_b": np.nan, "mean_diff": np.nan, "statistic": np.nan, "p": np.nan}
     wide = wide[[a, b]].dropna()
     if ids is not None:
         wide = wide[wide.index.isin(ids)]
-    diff = (wide[a] - wide[b]).to_numpy()
-    stat, p = float("nan"), float("nan")
-    if len(diff) >= 2 and np.any(diff != 0):
-        res = stats.wilcoxon(wide[a], wide[b])
-        stat, p = float(res.statistic), float(res.pvalue)
-    return {"n": len(diff), "mean_a": float(wide[a].mean()) if len(wide) else np.nan,
-            "mean_b": float(wide[b].mean()) if len(wide) else np.nan,
-            "mean_diff": float(diff.mean()) if len(diff) else np.nan, "statistic": stat, "p": p}
+    t = paired_wilcoxon(wide[a], wide[b])
+    return {"n": t.n, "mean_a": t.mean_a, "mean_b": t.mean_b, "mean_diff": t.mean_diff, "statistic": t.statistic,
+            "p": t.p_value}
 
 
 def paired_tests(seg: pd.DataFrame, cls_pred: pd.DataFrame, pairs: Sequence[tuple[str, str]],
@@ -276,8 +278,8 @@ def sweep_table(seg: pd.DataFrame, cls_pred: pd.DataFrame, lams: Sequence[float]
     for lam in lams:
         m = f"{prefix}{lam:g}"
         s, c = seg[seg["method"] == m], cls_pred[cls_pred["method"] == m]
-        rows.append({"lambda": float(lam), "dice": _finite_mean(s["dice"]),
-                     "dice_daa": _finite_mean(s.loc[s["cls"] == 2, "dice"]),
+        rows.append({"lambda": float(lam), "dice": finite_mean(s["dice"]),
+                     "dice_daa": finite_mean(s.loc[s["cls"] == 2, "dice"]),
                      "balanced_accuracy": balanced_accuracy(c["label"], c["pred"]) if len(c) else float("nan")})
     return pd.DataFrame(rows)
 
@@ -328,7 +330,7 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
     (``joint_segmentation_metrics.csv``, ``joint_classification.csv``), reused while the
     checkpoints and test subjects are unchanged.
     """
-    from fetalcmr.cache import file_digest, is_fresh, mark_fresh
+    from fetalcmr.cache import is_fresh, mark_fresh
 
     seeds = list(jcfg.ensemble_seeds) or [0]
     missing = [s for s in seeds if s not in cls_states]
@@ -339,7 +341,7 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
     train_s, val_s, test_s = samples["training"], samples["validation"], samples["testing"]
 
     def factory(cls_seed: int) -> Callable[[], nn.Module]:
-        return lambda: make_joint(seg_cfg, seg_state, cls_cfg, cls_states[cls_seed])
+        return lambda: build_joint(seg_cfg, cls_cfg, seg_state=seg_state, cls_state=cls_states[cls_seed])
 
     def key(cls_seed: int) -> str:
         return content_key(seg_key, cls_keys[cls_seed])
@@ -356,8 +358,8 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
     plan += [(name, main, lam, jcfg.sweep_epochs, subset, []) for lam, name in sweep_methods.items()]
     for name, cls_seed, lam, epochs, tr, va in tqdm(plan, desc="joint runs", disable=not progress):
         cfg = joint_train_config(jcfg, seg_cfg, lam=lam, epochs=epochs, seed=cls_seed)
-        folder = out_dir / ("sweep" if name.startswith("sweep_") else "") / name
-        runs[name] = fine_tune(factory(cls_seed), tr, va, cfg, folder, start_key=key(cls_seed), progress=progress)
+        runs[name] = fine_tune(factory(cls_seed), tr, va, cfg, joint_run_dir(out_dir, name), start_key=key(cls_seed),
+                               progress=progress)
     seconds = {n: float(r.history["seconds"].sum()) if "seconds" in r.history else float("nan")
                for n, r in runs.items()}
 
@@ -366,8 +368,9 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
     eval_key = content_key("joint-eval", {n: file_digest(r.out_dir / "latest.pt") for n, r in runs.items()},
                            seg_key, key(main), [s["id"] for s in test_s], sorted(ensembles))
     record = results_dir / "joint_eval.json"
-    seg_csv, cls_csv = results_dir / "joint_segmentation_metrics.csv", results_dir / "joint_classification.csv"
-    pred_dir = Path(predictions_dir) / "joint"
+    seg_csv, cls_csv = results_dir / SEG_METRICS_CSV, results_dir / CLASS_PREDICTIONS_CSV
+    joint = get("joint")
+    pred_dir = Path(predictions_dir) / str(joint.folder)
     saved = all((pred_dir / f"{s['id']}.nii.gz").exists() for s in test_s)
     if is_fresh(record, eval_key) and seg_csv.exists() and cls_csv.exists() and saved:
         seg, cls = pd.read_csv(seg_csv), pd.read_csv(cls_csv)
@@ -375,7 +378,7 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
         models: dict[str, JointNet] = {"separate": factory(main)().eval()}
         models.update({n: r.model for n, r in runs.items()})
         seg, cls = predict_and_evaluate(models, test_s, truth, spacing_mm=spacing_mm, labels=labels,
-                                        ensembles=ensembles, save_dirs={"joint": pred_dir},
+                                        ensembles=ensembles, save_dirs={joint.id: pred_dir},
                                         dice_only=list(sweep_methods.values()), progress=progress)
         results_dir.mkdir(parents=True, exist_ok=True)
         for df, path in ((seg, seg_csv), (cls, cls_csv)):
@@ -384,6 +387,94 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
         mark_fresh(record, eval_key)
     return JointExperiment(runs=runs, seg=seg, cls=cls, train_seconds=seconds, ensemble_members=members,
                            sweep_methods=sweep_methods)
+
+
+@dataclass(frozen=True, eq=False)
+class JointOutputs:
+    """What notebook 04 leaves in a run folder (:func:`run_joint`, :func:`load_joint`)."""
+
+    seg_metrics: pd.DataFrame  # per test subject and label, every method (``joint_segmentation_metrics.csv``)
+    class_predictions: pd.DataFrame  # per test subject, every method: label, pred, p0… (``joint_classification.csv``)
+    run_dirs: Mapping[str, Path]  # fine-tuning run -> its folder
+    histories: Mapping[str, pd.DataFrame]  # fine-tuning run -> training history
+    ensemble_members: tuple[str, ...]
+    sweep_methods: Mapping[float, str]  # λ -> its sweep run
+    prediction_dirs: Mapping[str, Path]  # method id -> folder of the test subjects' label maps (the joint pair)
+    bundle_dir: Path  # the exported model bundle (:mod:`fetalcmr.bundle`)
+
+    @property
+    def train_seconds(self) -> dict[str, float]:
+        """Fine-tuning wall seconds per run (from its history)."""
+        return {n: float(h["seconds"].sum()) if "seconds" in h else float("nan") for n, h in self.histories.items()}
+
+
+def _read_outputs(paths: RunPaths) -> JointOutputs:
+    """Return the outputs the stage's record under ``paths`` describes, read from their files."""
+    import json
+
+    record = json.loads(paths.outputs_record(STAGE).read_text())
+    run_dirs = {str(n): joint_run_dir(paths.joint_dir, str(n)) for n in record["runs"]}
+    paths.require(STAGE, *[d / "history.csv" for d in run_dirs.values()])
+    joint = get("joint")
+    return JointOutputs(
+        seg_metrics=pd.read_csv(paths.results_dir / SEG_METRICS_CSV, dtype={"id": str}),
+        class_predictions=pd.read_csv(paths.results_dir / CLASS_PREDICTIONS_CSV, dtype={"id": str}),
+        run_dirs=run_dirs, histories={n: read_history(d) for n, d in run_dirs.items()},
+        ensemble_members=tuple(record["ensemble_members"]),
+        sweep_methods={float(lam): str(name) for lam, name in record["sweep"]},
+        prediction_dirs={joint.id: paths.predictions_dir / str(joint.folder)}, bundle_dir=paths.bundle_dir)
+
+
+def run_joint(data: Mapping[str, Any], segmentation: SegmentationOutputs, classification: ClassificationOutputs, *,
+              seg_cfg: SegmenterConfig, cls_cfg: ClassifierConfig, jcfg: JointConfig, paths: RunPaths,
+              grid: int, spacing_mm: float, provenance: Mapping[str, Any] | None = None,
+              progress: bool = True) -> JointOutputs:
+    """Fine-tune the separately trained pairs of notebooks 02 and 03 (:func:`run_joint_experiments`),
+    export the ensemble of joint pairs as a model bundle and record the stage.
+
+    The pair starts from ``segmentation``'s LP+manual segmenter and ``classification``'s
+    softmax+image classifier of each ensemble seed (their finished runs' weights; nothing is
+    retrained). Runs go to ``paths.joint_dir``, label maps of the joint pair to
+    ``predictions/joint/``, tables to ``results/``, the bundle to ``paths.bundle_dir`` (with the
+    compared methods' Dice and balanced accuracy, and ``provenance``). The stage's record is
+    written last; the outputs are read back, so they equal :func:`load_joint`'s.
+    """
+    from fetalcmr.atomic import write_json_atomic
+    from fetalcmr.bundle import export_bundle
+    from fetalcmr.dataset import classes_of, labels_of
+
+    if SEGMENTER_METHOD not in segmentation.checkpoints:
+        raise ValueError(f"notebook 02 did not train the segmenter {SEGMENTER_METHOD!r} joint training starts from")
+    segmenter, seg_key = load_segmenter(segmentation.checkpoints[SEGMENTER_METHOD], seg_cfg)
+    seeds = list(jcfg.ensemble_seeds) or [0]
+    cls_states = {s: classification.weights(KIND, s) for s in seeds}
+    cls_keys = {s: file_digest(classification.checkpoint(KIND, s)) for s in seeds}
+    labels = labels_of(dict(data))
+    exp = run_joint_experiments(
+        seg_cfg=seg_cfg, seg_state=segmenter.state_dict(), seg_key=seg_key, cls_cfg=cls_cfg, cls_states=cls_states,
+        cls_keys=cls_keys, jcfg=jcfg, samples=joint_samples(data, grid=grid, spacing_mm=spacing_mm),
+        truth=truth_maps(data["testing"], grid=grid, spacing_mm=spacing_mm), spacing_mm=spacing_mm, labels=labels,
+        out_dir=paths.joint_dir, predictions_dir=paths.predictions_dir, results_dir=paths.results_dir,
+        progress=progress)
+    comparison = comparison_table(exp.seg, exp.cls, compared_methods(exp.cls))
+    export_bundle(paths.bundle_dir, [exp.runs[m].model for m in exp.ensemble_members], segmenter=seg_cfg,
+                  classifier=cls_cfg, kind=KIND, grid=grid, spacing_mm=spacing_mm,
+                  labels=labels, classes=classes_of(dict(data)), provenance=dict(provenance or {}),
+                  metrics=comparison.set_index("method")[["dice", "balanced_accuracy"]].to_dict("index"))
+    write_json_atomic(paths.outputs_record(STAGE), {
+        "runs": list(exp.runs), "ensemble_members": list(exp.ensemble_members),
+        "sweep": [[lam, name] for lam, name in exp.sweep_methods.items()]})
+    return _read_outputs(paths)
+
+
+def load_joint(paths: RunPaths) -> JointOutputs:
+    """Return what notebook 04 wrote for the run ``paths`` (nothing is trained or predicted).
+
+    Raises :class:`fetalcmr.paths.StageNotRun` when the stage has not run there.
+    """
+    paths.require(STAGE, paths.outputs_record(STAGE), paths.results_dir / SEG_METRICS_CSV,
+                  paths.results_dir / CLASS_PREDICTIONS_CSV)
+    return _read_outputs(paths)
 
 
 def verdict(comparison: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) -> str:
@@ -444,7 +535,7 @@ def verdict(comparison: pd.DataFrame, tests: pd.DataFrame, alpha: float = 0.05) 
 
 def plot_paired_dice(seg: pd.DataFrame, a: str, b: str, ax: Any, classes: Mapping[int, str] = CLASSES) -> None:
     """Scatter per-subject mean Dice of method ``b`` (x) against ``a`` (y), coloured by anomaly class."""
-    d = subject_dice(seg)
+    d = subject_mean_dice(seg, ("method", "id", "cls")).reset_index()
     wide = d.pivot_table(index=["id", "cls"], columns="method", values="dice").reset_index()
     colours = {0: "tab:blue", 1: "tab:orange", 2: "tab:red"}
     for c, name in classes.items():
@@ -506,9 +597,7 @@ def benchmark(profile: str = "default", *, steps: int = 2) -> dict[str, Any]:
 
     prof = get_profile(profile)
     torch.manual_seed(0)
-    seg = make_segmenter(prof.segmenter)
-    cls = build_classifier(prof.classifier, "softmax+image")
-    model = JointNet(seg, cls)
+    model = build_joint(prof.segmenter, prof.classifier)
     g = prof.cohort.grid
     bs = prof.joint.batch_size
     x = torch.rand(bs, 1, g, g, g)

@@ -1,5 +1,5 @@
 """Training losses: the weakly supervised segmentation loss (propagated labels + manual binary
-mask) and the joint segmentation + classification loss (DESIGN §5).
+mask) and the joint segmentation + classification loss (docs/design.md §4).
 
 Segmentation loss on the softmax ``p`` of the 12 logits::
 

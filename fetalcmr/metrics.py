@@ -1,9 +1,14 @@
 """Segmentation metrics shared by every stage: Dice, precision, HD95, ASD, foreground region scores.
 
-Conventions (used by notebooks 01, 02 and 04):
+Conventions (used by notebooks 01, 02, 04 and 05):
 
 * Per-label scores are ``NaN`` when the label is absent from both prediction and truth
-  (nothing to score), so ``nanmean`` over labels ignores them.
+  (nothing to score), so ``nanmean`` over labels ignores them. A label present in only one
+  of the two maps scores Dice 0.
+* A subject's mean vessel Dice (:func:`mean_dice`, :func:`subject_mean_dice`) is the mean over
+  the labels it scores: by default every label present in the prediction or the truth (a
+  vessel predicted where the truth has none counts as a miss); ``over="truth"`` scores the
+  truth's labels only (notebook 05's ``mean_dice`` column).
 * Surface distances are in millimetres, computed with Euclidean distance transforms on the
   voxel grid scaled by ``spacing_mm``. A surface voxel is a mask voxel with at least one
   6-connected neighbour outside the mask (the image border counts as outside).
@@ -23,6 +28,7 @@ Conventions (used by notebooks 01, 02 and 04):
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -53,6 +59,42 @@ def dice_per_label(pred: np.ndarray, truth: np.ndarray, labels: Iterable[int]) -
     pred, truth = np.asarray(pred), np.asarray(truth)
     _check_shapes(pred, truth)
     return {int(lab): dice(pred == lab, truth == lab) for lab in labels}
+
+
+def mean_dice(pred: np.ndarray, truth: np.ndarray, labels: Iterable[int] | None = None, *,
+              over: Literal["either", "truth"] = "either") -> float:
+    """Return a subject's mean vessel Dice over the labels it scores (``nan`` when none).
+
+    ``labels`` are the candidate labels (default: every nonzero value of either map). A label
+    absent from both maps is not scored. ``over="either"`` scores every other label, so a vessel
+    predicted where the truth has none scores 0; ``over="truth"`` scores only the labels present
+    in ``truth``.
+
+    >>> truth = np.array([0, 1, 1, 2, 2]); pred = np.array([0, 1, 1, 2, 3])  # Dice 1, 2/3 and (label 3) 0
+    >>> round(mean_dice(pred, truth), 4), round(mean_dice(pred, truth, over="truth"), 4)
+    (0.5556, 0.8333)
+    """
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    _check_shapes(pred, truth)
+    if over not in ("either", "truth"):
+        raise ValueError(f"mean_dice: over must be 'either' or 'truth', got {over!r}")
+    present = np.unique(truth) if over == "truth" else np.union1d(np.unique(pred), np.unique(truth))
+    candidates = present if labels is None else np.intersect1d(np.fromiter(labels, dtype=int), present)
+    scores = list(dice_per_label(pred, truth, [int(v) for v in candidates if v != 0]).values())
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def subject_mean_dice(per_label: pd.DataFrame, keys: Sequence[str] = ("id", "method")) -> pd.Series:
+    """Return each subject's mean vessel Dice from a long per-label table, indexed by ``keys``.
+
+    The table form of :func:`mean_dice` (``over="either"``): rows with ``nan`` Dice (label absent
+    from both maps) are left out of the mean. ``.unstack("method")`` gives subjects × methods.
+
+    >>> t = pd.DataFrame({"id": ["s1"] * 3, "method": ["c"] * 3, "dice": [0.8, 0.6, float("nan")]})
+    >>> subject_mean_dice(t).round(6).to_dict()
+    {('s1', 'c'): 0.7}
+    """
+    return per_label.groupby(list(keys))["dice"].mean()
 
 
 def precision_per_label(pred: np.ndarray, truth: np.ndarray, labels: Iterable[int]) -> dict[int, float]:

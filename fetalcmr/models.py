@@ -1,5 +1,5 @@
 """Network factories: the Attention U-Net segmenter, the DenseNet classifier and the joint pair
-(DESIGN §5). Sizes come from the profile's stage sections.
+(docs/design.md §4). Sizes come from the profile's stage sections.
 
 >>> from fetalcmr.config import get_profile
 >>> net = make_segmenter(get_profile("smoke").segmenter)
@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from monai.networks.nets import AttentionUnet, DenseNet, DenseNet121, UNet
 from torch import nn
@@ -47,11 +48,22 @@ def make_classifier(cfg: ClassifierConfig, in_channels: int, out_channels: int =
     raise ValueError(f"unknown classifier arch {cfg.arch!r}; choose 'densenet121' or 'small'")
 
 
-def min_divisor(strides: tuple[int, ...]) -> int:
-    """Return the factor every spatial size must be divisible by for a U-Net with ``strides``."""
+def divisor(model: nn.Module) -> int:
+    """Return the factor every spatial size of ``model``'s input must divide: the product of its
+    U-Net's strides (a :class:`JointNet`'s segmenter), 1 for a network without strides.
+
+    ``DistributedDataParallel``/``DataParallel`` wrappers are looked through.
+
+    >>> from fetalcmr.config import get_profile
+    >>> divisor(make_segmenter(get_profile("paper").segmenter))
+    16
+    """
+    while isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        model = model.module
+    net = model.segmenter if isinstance(model, JointNet) else model
     out = 1
-    for s in strides:
-        out *= int(s)
+    for s in getattr(net, "strides", None) or ():
+        out *= int(np.prod(s))
     return out
 
 

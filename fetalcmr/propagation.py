@@ -1,6 +1,6 @@
 """Label propagation (LP) with VoxelMorph: register each subject's class atlas to it, warp the labels.
 
-The study's weak supervision (DESIGN §5): the anomaly-specific atlas (chosen by the subject's
+The study's weak supervision (docs/design.md §4): the anomaly-specific atlas (chosen by the subject's
 known class ``label``) is registered to each subject by one amortised
 :class:`voxelmorph.nn.models.VxmPairwise` network trained across all training and validation
 subjects; the atlas's multi-class label map is then warped onto the subject and written as the
@@ -61,6 +61,7 @@ from fetalcmr.config import PropagationConfig
 from fetalcmr.data import class_balanced_weights
 from fetalcmr.dataset import SPLITS, training_view
 from fetalcmr.io import DataError, Volume, load_nifti, normalise_intensity, save_nifti
+from fetalcmr.paths import RunPaths
 
 #: Bump when the meaning of saved model/outputs changes (part of every cache key).
 FORMAT_VERSION = 1
@@ -552,15 +553,65 @@ def load_model(cfg: PropagationConfig, path: str | os.PathLike[str]) -> torch.nn
     return model
 
 
-@dataclass
-class PropagationResult:
-    """Outputs of :func:`run_label_propagation`."""
+@dataclass(frozen=True, eq=False)
+class PropagationOutputs:
+    """What notebook 01 leaves in a run folder (:func:`run_label_propagation`, :func:`load_label_propagation`)."""
 
     dataset: dict[str, Any]  # the input dataset with ``lp`` (and test ``lp_oracle_class``) added
     history: pd.DataFrame  # training curve
     subjects: pd.DataFrame  # per subject: id, split, class, seconds, fold_fraction, jac_*
     model_path: Path
-    reused: bool  # True when everything came from the cache
+    lp_json: Path  # where ``dataset`` is stored
+    reused: bool  # True when everything came from the cache (always for :func:`load_label_propagation`)
+
+
+@dataclass(frozen=True)
+class _Files:
+    """The files of the propagation stage in its folder."""
+
+    lp_dir: Path
+
+    @property
+    def model(self) -> Path:
+        """The registration network's weights."""
+        return self.lp_dir / "vxm_model.pt"
+
+    @property
+    def history(self) -> Path:
+        """Its training curve."""
+        return self.lp_dir / "vxm_history.csv"
+
+    @property
+    def subjects(self) -> Path:
+        """Per-subject propagation table (time, folding, label-map files)."""
+        return self.lp_dir / "lp_subjects.csv"
+
+    @property
+    def train_record(self) -> Path:
+        """Written when training finished (its cache key)."""
+        return self.lp_dir / "vxm_train.done.json"
+
+    @property
+    def done(self) -> Path:
+        """Written last: propagation finished."""
+        return self.lp_dir / "lp.done.json"
+
+
+def _read_outputs(files: _Files, lp_json: str | os.PathLike[str], reused: bool) -> PropagationOutputs:
+    from fetalcmr.dataset import read_dataset
+
+    return PropagationOutputs(read_dataset(lp_json), pd.read_csv(files.history), pd.read_csv(files.subjects),
+                              files.model, Path(lp_json), reused=reused)
+
+
+def load_label_propagation(paths: RunPaths) -> PropagationOutputs:
+    """Return what notebook 01 wrote for the run ``paths`` (nothing is trained or registered).
+
+    Raises :class:`fetalcmr.paths.StageNotRun` when label propagation has not finished there.
+    """
+    files = _Files(paths.lp_dir)
+    paths.require("01_label_propagation", files.done, paths.lp_json, files.model, files.history, files.subjects)
+    return _read_outputs(files, paths.lp_json, reused=True)
 
 
 def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
@@ -610,12 +661,13 @@ def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
 
 def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.PathLike[str],
                           lp_json: str | os.PathLike[str], cfg: PropagationConfig, seed: int = 0,
-                          progress: bool = True, torch_threads: int | None = None) -> PropagationResult:
+                          progress: bool = True, torch_threads: int | None = None) -> PropagationOutputs:
     """Train (or reuse) the registration network, propagate atlas labels, write ``lp_json``.
 
     Cached by ``content_key(config, seed, dataset digest, code version)``: the model
     (``vxm_model.pt`` + ``vxm_history.csv``) and the propagated labels (``labels/``,
-    ``lp_subjects.csv``, ``lp_json``) are reused when nothing that produced them changed.
+    ``lp_subjects.csv``, ``lp_json``) are reused when nothing that produced them changed. The
+    outputs are read back from those files, so they equal :func:`load_label_propagation`'s.
     """
     from fetalcmr.cache import code_version, content_key, is_fresh, mark_fresh
     from fetalcmr.dataset import read_dataset, write_dataset
@@ -627,24 +679,20 @@ def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.
     digest = dataset_digest(data)
     train_cfg = {k: v for k, v in vars(cfg).items() if k not in _NOT_TRAINING}
     train_key = content_key("vxm-train", FORMAT_VERSION, train_cfg, seed, digest,
-                            code_version("propagation", "io", "dataset", "atomic"))
+                            code_version(__name__))
     prop_key = content_key("vxm-propagate", train_key, cfg.label_interp, cfg.refine_steps, cfg.refine_lr,
                            cfg.refine_weight_dice)
-    model_path = lp_dir / "vxm_model.pt"
-    history_path = lp_dir / "vxm_history.csv"
-    subjects_path = lp_dir / "lp_subjects.csv"
-    train_record = lp_dir / "vxm_train.done.json"
-    prop_record = lp_dir / "lp.done.json"
+    files = _Files(lp_dir)
+    model_path, history_path, subjects_path = files.model, files.history, files.subjects
+    train_record, prop_record = files.train_record, files.done
 
     if is_fresh(prop_record, prop_key) and Path(lp_json).exists() and is_fresh(train_record, train_key):
-        return PropagationResult(read_dataset(lp_json), pd.read_csv(history_path), pd.read_csv(subjects_path),
-                                 model_path, reused=True)
+        return _read_outputs(files, lp_json, reused=True)
 
     atlases = load_atlases(data, cfg.grid)
     subjects = load_subjects(data, atlases, cfg.grid, progress=progress)
     if is_fresh(train_record, train_key) and model_path.exists():
         model = load_model(cfg, model_path)
-        history = pd.read_csv(history_path)
     else:
         fit = [s for s in subjects if s.split in ("training", "validation")]
         if cfg.affine_steps:
@@ -679,7 +727,7 @@ def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.
     with atomic_path(subjects_path) as tmp:
         table.to_csv(tmp, index=False)
     mark_fresh(prop_record, prop_key, n_subjects=len(table))
-    return PropagationResult(read_dataset(lp_json), history, table, model_path, reused=False)
+    return _read_outputs(files, lp_json, reused=False)
 
 
 def _n_labels(data: Mapping[str, Any], atlases: Mapping[int, AtlasData]) -> int:

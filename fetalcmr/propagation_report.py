@@ -14,19 +14,19 @@ import pandas as pd
 
 from fetalcmr.anatomy import ARCH_LOOPS, LABEL_INDEX
 from fetalcmr.io import load_nifti
+from fetalcmr.methods import METHODS, methods_of
+from fetalcmr.stats import finite_mean
 
 if TYPE_CHECKING:
     import matplotlib.figure
 
-#: Display names of the methods, in table order.
-METHOD_NAMES: dict[str, str] = {
-    "voxelmorph": "VoxelMorph (test, oracle class)",
-    "voxelmorph_network": "VoxelMorph network only, no refinement",
-    "affine": "Affine only",
-    "demons": "Affine + demons",
-    "voxelmorph_all_test": "VoxelMorph (all test subjects)",
-    "voxelmorph_fitted": "VoxelMorph (training+validation, fitted)",
-}
+#: The stage whose methods (ids, labels, colours, table order) :mod:`fetalcmr.methods` lists.
+STAGE = "01_label_propagation"
+
+
+def method_label(method: str) -> str:
+    """Return the display label of a method of this stage (the id itself for one the registry lacks)."""
+    return METHODS[method].label if method in METHODS else method
 
 
 def arch_loops(labelmap: np.ndarray) -> int:
@@ -109,9 +109,8 @@ def methods_table(per_subject: pd.DataFrame, per_label: pd.DataFrame, timing: pd
     for method, sub in per_subject.groupby("method", sort=False):
         lab = per_label[per_label["method"] == method]
         tim = timing[timing["method"] == method]
-        finite_asd = lab["asd"][np.isfinite(lab["asd"])]
         row: dict[str, Any] = {
-            "method": METHOD_NAMES.get(str(method), str(method)),
+            "method": method_label(str(method)),
             "subjects": len(sub),
             "dice_mean": sub["mean_dice"].mean(),
             "dice_sd": sub["mean_dice"].std(ddof=0),
@@ -120,7 +119,7 @@ def methods_table(per_subject: pd.DataFrame, per_label: pd.DataFrame, timing: pd
             row[f"dice_{name}"] = sub.loc[sub["class"] == cls, "mean_dice"].mean()
         row.update({
             "hd95_median_mm": float(np.median(lab["hd95"].dropna())) if len(lab) else float("nan"),
-            "asd_mean_mm": float(finite_asd.mean()) if len(finite_asd) else float("nan"),
+            "asd_mean_mm": finite_mean(lab["asd"]),
             "fg_dice_vs_manual": sub["fg_dice_binary"].mean(),
             "arch_topology_ok": sub["arch_loops_ok"].mean() if "arch_loops_ok" in sub else float("nan"),
             "fold_percent": 100 * tim["fold_fraction"].mean(),
@@ -132,25 +131,28 @@ def methods_table(per_subject: pd.DataFrame, per_label: pd.DataFrame, timing: pd
 
 def dice_by_method_figure(per_label: pd.DataFrame, labels: Mapping[int, str],
                           title: str = "") -> matplotlib.figure.Figure:
-    """Return box plots of per-label Dice (one box per method within each label)."""
+    """Return box plots of per-label Dice (one box per method within each label, in the registry's
+    order and colours)."""
     import matplotlib.pyplot as plt
 
-    methods = [m for m in METHOD_NAMES if m in set(per_label["method"])] + \
-        [m for m in per_label["method"].unique() if m not in METHOD_NAMES]
+    order = [m.id for m in methods_of(STAGE)]
+    methods = [m for m in order if m in set(per_label["method"])] + \
+        [m for m in per_label["method"].unique() if m not in order]
     fg = [lab for lab in labels if lab != 0]
     fig, ax = plt.subplots(figsize=(max(7.0, 0.28 * len(fg) * len(methods) + 1.5), 3.6), constrained_layout=True)
     width = 0.8 / len(methods)
-    colours = plt.get_cmap("tab10")
+    tab10 = plt.get_cmap("tab10")
     for k, method in enumerate(methods):
+        colour = METHODS[method].colour if method in METHODS else tab10(k)
         sub = per_label[per_label["method"] == method]
         data = [sub.loc[sub["label"] == lab, "dice"].dropna().to_numpy() for lab in fg]
         pos = np.arange(len(fg)) + (k - (len(methods) - 1) / 2) * width
         bp = ax.boxplot([d if len(d) else [np.nan] for d in data], positions=pos, widths=width * 0.9,
                         patch_artist=True, showfliers=True, flierprops={"markersize": 2})
         for patch in bp["boxes"]:
-            patch.set_facecolor(colours(k))
+            patch.set_facecolor(colour)
             patch.set_alpha(0.7)
-        ax.plot([], [], "s", color=colours(k), label=METHOD_NAMES.get(method, method))
+        ax.plot([], [], "s", color=colour, label=method_label(method))
     ax.set_xticks(np.arange(len(fg)))
     ax.set_xticklabels([labels[lab] for lab in fg], fontsize=8)
     ax.set_ylabel("Dice")

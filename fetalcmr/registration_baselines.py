@@ -193,7 +193,7 @@ def run_baselines(data: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
         ordered = [e for rnd in itertools.zip_longest(*by_class.values()) for e in rnd if e is not None]
         items = ordered[:max_subjects]
     key = content_key("baselines", list(methods), list(splits), [e[1]["id"] for e in items], seed,
-                      dataset_digest(data), code_version("registration_baselines", "propagation", "io", "dataset"))
+                      dataset_digest(data), code_version(__name__))
     table_path = out / "baselines.csv"
     record = out / "baselines.done.json"
     if is_fresh(record, key) and table_path.exists():

@@ -5,16 +5,18 @@ paired McNemar test; an expert review sheet and its agreement (Cohen's kappa) wi
 Each test subject's label maps (truth where known, the LP baseline, each network's prediction)
 are brought onto the prediction's grid and judged by :func:`fetalcmr.topology.topology_report`
 against the subject's *true* class template (topology needs no ground-truth segmentation).
+Methods are the :mod:`fetalcmr.methods` registry's (:data:`REVIEWED`); reports, tables and figures
+name them by its ``short`` label. The networks' prediction folders come from the stage outputs of
+notebooks 02 and 04 (:func:`network_dirs`).
 
->>> round(proportion_ci(8, 10)[0], 3), round(proportion_ci(8, 10)[1], 3)
-(0.49, 0.943)
->>> mcnemar_exact([True, True, False, False], [True, True, True, True])["p_value"]
-0.5
+>>> reports = pd.DataFrame({"id": ["a", "b"], "cls": [2, 2], "method": "joint", "correct": [True, False]})
+>>> all_ = correct_rates(reports).set_index("class").loc["all"]
+>>> int(all_["n"]), int(all_["n_correct"]), round(float(all_["ci_low"]), 3), round(float(all_["ci_high"]), 3)
+(2, 1, 0.095, 0.905)
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,38 +25,25 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import ndimage, stats
 
 from fetalcmr.anatomy import CLASSES, LABEL_INDEX
-from fetalcmr.io import DataError, Volume, load_nifti
+from fetalcmr.io import DataError, load_nifti, resample_labels
+from fetalcmr.methods import METHODS
+from fetalcmr.metrics import mean_dice
+from fetalcmr.stats import mcnemar_exact, proportion_ci
 from fetalcmr.topology import topology_report
 
+#: The reviewed methods (registry ids), in display order: the truth, the LP baseline, the networks.
+REVIEWED: tuple[str, ...] = ("truth", "lp", "net_lp", "net_lp_manual", "joint")
 #: Name of the ground-truth "method" (a reference row: the checker must call every truth correct).
-TRUTH = "truth"
-#: Name of the label propagation baseline (oracle-class atlas for test subjects).
-LP = "LP"
-#: Reviewed network methods and the folder names under ``predictions_dir`` that feed them, compared
-#: after lower-casing and dropping everything but letters and digits (first folder found wins).
-#: Notebook 02 writes ``net_lp`` and ``net_lp_manual`` (``segmentation.METHODS``; its ``lp`` folder is
-#: the LP baseline, read here from the items' ``lp``), notebook 04 writes ``joint``.
-METHOD_FOLDERS: dict[str, tuple[str, ...]] = {
-    "LP-only": ("netlp", "lponly", "lpnet"),
-    "LP+manual": ("netlpmanual", "lpmanual", "lpbinary", "lpplusmanual", "separate"),
-    "joint": ("joint", "jointlambda14"),
-}
-#: Display order of the methods in tables and figures.
-METHOD_ORDER: tuple[str, ...] = (TRUTH, LP, "LP-only", "LP+manual", "joint")
+TRUTH: str = METHODS["truth"].short
+#: Name of the label propagation baseline (oracle-class atlas for test subjects; read from the items' ``lp``).
+LP: str = METHODS["lp"].short
 #: Grades accepted in the review sheet's ``expert_correct`` column.
 GRADE_VALUES: dict[str, bool] = {"1": True, "0": False, "yes": True, "no": False, "y": True, "n": False,
                                  "true": True, "false": False, "correct": True, "incorrect": False,
                                  "ok": True, "wrong": False}
-#: Per-subject predicted classes written by notebook 04 (``joint.run_joint_experiments``).
-CLASS_PREDICTIONS_CSV = "joint_classification.csv"
 SHEET_COLUMNS: tuple[str, ...] = ("subject", "class", "method", "expert_correct", "expert_notes")
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -80,33 +69,21 @@ class ReviewCase:
         return self.maps.get(TRUTH)
 
 
-def find_method_dirs(predictions_dir: str | Path) -> dict[str, Path]:
-    """Return ``{method: folder}`` for the reviewed network methods found under ``predictions_dir``.
+def review_order() -> tuple[str, ...]:
+    """Return the review names (registry ``short`` labels) of :data:`REVIEWED`, in display order."""
+    return tuple(METHODS[m].short for m in REVIEWED)
 
-    Folders are matched to ``METHOD_FOLDERS`` by their normalised name (``lp_manual``,
-    ``LP+manual`` and ``lp-manual`` all feed "LP+manual"); a folder needs at least one ``.nii.gz``.
+
+def network_dirs(prediction_dirs: Mapping[str, str | Path]) -> dict[str, Path]:
+    """Return ``{review name: folder}`` of the reviewed networks among ``prediction_dirs``.
+
+    ``prediction_dirs`` maps method ids to their label-map folders, as the stage outputs give them
+    (:attr:`fetalcmr.segmentation.SegmentationOutputs.prediction_dirs` merged with
+    :attr:`fetalcmr.joint.JointOutputs.prediction_dirs`). The truth and the LP baseline are not
+    networks: they are read from each item's ``gt`` and ``lp``.
     """
-    root = Path(predictions_dir)
-    if not root.is_dir():
-        return {}
-    folders = {_key(p.name): p for p in sorted(root.iterdir())
-               if p.is_dir() and any(p.glob("*.nii.gz"))}
-    out: dict[str, Path] = {}
-    for method, names in METHOD_FOLDERS.items():
-        for name in names:
-            if name in folders:
-                out[method] = folders[name]
-                break
-    return out
-
-
-def _onto(volume: Volume, ref: Volume) -> np.ndarray:
-    """Return ``volume``'s array resampled (nearest neighbour) onto ``ref``'s grid."""
-    if volume.array.shape == ref.array.shape and np.allclose(volume.affine, ref.affine, atol=1e-4):
-        return volume.array
-    mapping = np.linalg.inv(volume.affine) @ ref.affine
-    return ndimage.affine_transform(volume.array, mapping[:3, :3], offset=mapping[:3, 3],
-                                    output_shape=ref.array.shape, order=0, mode="constant", cval=0)
+    return {METHODS[m].short: Path(prediction_dirs[m]) for m in REVIEWED
+            if m not in ("truth", "lp") and m in prediction_dirs}
 
 
 def _labels(array: np.ndarray) -> np.ndarray:
@@ -131,12 +108,12 @@ def load_case(item: Mapping[str, Any], method_files: Mapping[str, str | Path], *
     ref = vols[next((m for m in vols if m != LP), next(iter(vols)))]  # a network's grid when there is one
     maps: dict[str, np.ndarray] = {}
     if with_truth and item.get("gt"):
-        maps[TRUTH] = _labels(_onto(load_nifti(item["gt"]), ref))
+        maps[TRUTH] = _labels(resample_labels(load_nifti(item["gt"]), ref.affine, ref.array.shape))
     for m, vol in vols.items():
-        maps[m] = _labels(_onto(vol, ref))
+        maps[m] = _labels(resample_labels(vol, ref.affine, ref.array.shape))
     trachea = None
     if item.get("trachea"):
-        trachea = _onto(load_nifti(item["trachea"]), ref) > 0
+        trachea = resample_labels(load_nifti(item["trachea"]), ref.affine, ref.array.shape) > 0
     meta = dict(item.get("meta") or {})
     tx = meta.get("trachea_x_vox")
     if tx is not None and trachea is None:
@@ -181,30 +158,19 @@ def load_cases(items: Sequence[Mapping[str, Any]], method_dirs: Mapping[str, str
 # Reports
 
 
-def mean_dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    """Return the mean Dice over the truth's vessel labels (absent in the prediction → 0)."""
-    labels = [int(v) for v in np.unique(truth) if v != 0]
-    if not labels:
-        return float("nan")
-    out = []
-    for v in labels:
-        p, t = pred == v, truth == v
-        out.append(2.0 * np.count_nonzero(p & t) / (np.count_nonzero(p) + np.count_nonzero(t)))
-    return float(np.mean(out))
-
-
 def review_case(case: ReviewCase) -> list[dict[str, Any]]:
     """Return one report row per method of ``case`` (truth included when present).
 
     Columns: ``id, cls, method, correct, n_reasons`` plus :meth:`TopologyReport.as_row`'s, plus
-    ``mean_dice`` against the truth (NaN without truth) and ``seconds`` (time of the report).
+    ``mean_dice`` over the truth's vessel labels (:func:`fetalcmr.metrics.mean_dice` with
+    ``over="truth"``; NaN without truth) and ``seconds`` (time of the report).
     """
     rows = []
     for method, lm in case.maps.items():
         t0 = time.perf_counter()
         rep = topology_report(lm, case.cls, trachea_x_vox=case.trachea_x_vox, trachea_mask=case.trachea_mask)
         seconds = time.perf_counter() - t0
-        dice = mean_dice(lm, case.truth) if case.truth is not None and method != TRUTH else float("nan")
+        dice = mean_dice(lm, case.truth, over="truth") if case.truth is not None and method != TRUTH else float("nan")
         rows.append({"id": case.id, "cls": case.cls, "method": method, **rep.as_row(),
                      "n_reasons": len(rep.reasons), "mean_dice": dice, "seconds": seconds})
     return rows
@@ -218,7 +184,7 @@ def review_table(cases: Iterable[ReviewCase], *, progress: bool = False) -> pd.D
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    order = {m: n for n, m in enumerate(METHOD_ORDER)}
+    order = {m: n for n, m in enumerate(review_order())}
     df["_o"] = df["method"].map(lambda m: order.get(m, len(order)))
     return df.sort_values(["id", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
 
@@ -227,29 +193,16 @@ def review_table(cases: Iterable[ReviewCase], *, progress: bool = False) -> pd.D
 # Statistics
 
 
-def proportion_ci(k: int, n: int, alpha: float = 0.05, method: str = "wilson") -> tuple[float, float]:
-    """Return the two-sided ``1 − alpha`` confidence interval of the proportion ``k / n``.
-
-    ``method`` is ``"wilson"`` (score interval) or ``"exact"`` (Clopper–Pearson); (NaN, NaN) when
-    ``n`` is 0.
-    """
-    if n == 0:
-        return float("nan"), float("nan")
-    if not 0 <= k <= n:
-        raise ValueError(f"proportion_ci: need 0 <= k <= n, got k={k}, n={n}")
-    ci = stats.binomtest(int(k), int(n)).proportion_ci(confidence_level=1 - alpha, method=method)
-    return float(ci.low), float(ci.high)
-
-
 def correct_rates(reports: pd.DataFrame, *, alpha: float = 0.05, method: str = "wilson",
                   classes: Mapping[int, str] = CLASSES) -> pd.DataFrame:
     """Return the topologically correct rate per method and class (and over all classes) with CIs.
 
-    Columns: ``method, class, n, n_correct, rate, ci_low, ci_high``; methods in ``METHOD_ORDER``.
+    Columns: ``method, class, n, n_correct, rate, ci_low, ci_high``; methods in :func:`review_order`.
     """
     rows = []
-    methods = [m for m in METHOD_ORDER if m in set(reports["method"])] + \
-        [m for m in dict.fromkeys(reports["method"]) if m not in METHOD_ORDER]
+    order = review_order()
+    methods = [m for m in order if m in set(reports["method"])] + \
+        [m for m in dict.fromkeys(reports["method"]) if m not in order]
     for m in methods:
         g = reports[reports["method"] == m]
         groups = [(classes.get(c, str(c)), g[g["cls"] == c]) for c in sorted(classes)]
@@ -259,25 +212,6 @@ def correct_rates(reports: pd.DataFrame, *, alpha: float = 0.05, method: str = "
             rows.append({"method": m, "class": name, "n": n, "n_correct": k,
                          "rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows, columns=["method", "class", "n", "n_correct", "rate", "ci_low", "ci_high"])
-
-
-def mcnemar_exact(a_correct: Sequence[bool], b_correct: Sequence[bool]) -> dict[str, Any]:
-    """Return the paired 2×2 counts of two methods' verdicts and the exact McNemar p-value.
-
-    ``only_a``/``only_b`` count subjects correct by one method only; the two-sided p-value is the
-    exact binomial test of ``only_b`` out of ``only_a + only_b`` at 0.5 (valid at any count, and
-    the one to use at the small counts of a test set); 1.0 when no pair is discordant, NaN when
-    there are no pairs.
-    """
-    a = np.asarray(a_correct, dtype=bool)
-    b = np.asarray(b_correct, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"mcnemar_exact: {a.size} verdicts of A vs {b.size} of B (must be paired)")
-    only_a, only_b = int(np.count_nonzero(a & ~b)), int(np.count_nonzero(~a & b))
-    disc = only_a + only_b
-    p = float(stats.binomtest(only_b, disc, 0.5).pvalue) if disc else (1.0 if a.size else float("nan"))
-    return {"n": int(a.size), "both_correct": int(np.count_nonzero(a & b)), "only_a": only_a,
-            "only_b": only_b, "both_wrong": int(np.count_nonzero(~a & ~b)), "p_value": min(p, 1.0)}
 
 
 def mcnemar_table(reports: pd.DataFrame, a: str, b: str, subsets: Mapping[str, Iterable[str]]) -> pd.DataFrame:
@@ -290,7 +224,7 @@ def mcnemar_table(reports: pd.DataFrame, a: str, b: str, subsets: Mapping[str, I
     for name, ids in subsets.items():
         sub = wide.loc[wide.index.isin(set(ids))].dropna() if {a, b} <= set(wide.columns) else wide.iloc[:0]
         res = mcnemar_exact(sub[a].astype(bool).tolist() if len(sub) else [],
-                            sub[b].astype(bool).tolist() if len(sub) else [])
+                            sub[b].astype(bool).tolist() if len(sub) else []).as_dict()
         n = res["n"]
         rows.append({"subset": name, "a": a, "b": b, **res,
                      "rate_a": (res["both_correct"] + res["only_a"]) / n if n else float("nan"),
@@ -300,26 +234,7 @@ def mcnemar_table(reports: pd.DataFrame, a: str, b: str, subsets: Mapping[str, I
 
 
 # ----------------------------------------------------------------------------------------------
-# Predicted classes (notebook 04)
-
-
-def find_class_predictions(results_dir: str | Path) -> tuple[pd.DataFrame | None, Path | None]:
-    """Return (class predictions, file) from ``results_dir``: ``joint_classification.csv`` (notebook 04),
-    else the first CSV with columns ``method, id, label, pred``; (None, None) when there is none."""
-    root = Path(results_dir)
-    if not root.is_dir():
-        return None, None
-    candidates = [root / CLASS_PREDICTIONS_CSV, *sorted(root.glob("*.csv"))]
-    for path in candidates:
-        if not path.exists():
-            continue
-        try:
-            head = pd.read_csv(path, nrows=0)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
-            continue
-        if {"method", "id", "label", "pred"} <= set(head.columns):
-            return pd.read_csv(path, dtype={"id": str}), path
-    return None, None
+# Predicted classes (notebook 04: :attr:`fetalcmr.joint.JointOutputs.class_predictions`)
 
 
 def correctly_classified(predictions: pd.DataFrame, method: str, cls: int | None = None) -> set[str]:
@@ -489,10 +404,11 @@ def render_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame,
 
 
 def plot_correct_rates(rates: pd.DataFrame, ax: Any, *, colors: Mapping[str, str] | None = None) -> None:
-    """Draw grouped bars of the correct rate by class (groups) and method (bars) with CI whiskers."""
+    """Draw grouped bars of the correct rate by class (groups) and method (bars) with CI whiskers
+    (each reviewed method in its registry colour unless ``colors`` names another)."""
     classes = list(dict.fromkeys(rates["class"]))
     methods = list(dict.fromkeys(rates["method"]))
-    default = {TRUTH: "#bbbbbb", LP: "#88CCEE", "LP-only": "#44AA99", "LP+manual": "#DDCC77", "joint": "#CC6677"}
+    default = {METHODS[m].short: METHODS[m].colour for m in REVIEWED}
     colors = {**default, **(colors or {})}
     width = 0.8 / max(len(methods), 1)
     x = np.arange(len(classes))
@@ -549,19 +465,21 @@ def benchmark(profile: str = "default", *, n_subjects: int = 3) -> dict[str, Any
         sub = generate_subject(s % 3, seed=s, grid=cfg.grid, spacing_mm=cfg.spacing_mm)
         broken = sub.gt.copy()
         broken[broken == LABEL_INDEX["LSA"]] = 0
-        maps = {TRUTH: sub.gt, LP: sub.gt, "LP-only": broken, "LP+manual": sub.gt, "joint": sub.gt}
+        truth, lp, only, manual, joint = review_order()
+        maps = {truth: sub.gt, lp: sub.gt, only: broken, manual: sub.gt, joint: sub.gt}
         cases.append(ReviewCase(f"b{s}", s % 3, (cfg.spacing_mm,) * 3, maps, trachea_mask=sub.trachea > 0))
     t0 = time.perf_counter()
     reports = review_table(cases)
     review_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     correct_rates(reports)
-    mcnemar_table(reports, "LP+manual", "joint", {"all": reports["id"]})
+    mcnemar_table(reports, METHODS["net_lp_manual"].short, METHODS["joint"].short, {"all": reports["id"]})
     stats_s = time.perf_counter() - t0
     n_maps = len(reports)
     return {"grid": cfg.grid, "n_cases": n_subjects, "n_maps": n_maps,
             "report_s_per_map_mean": float(reports["seconds"].mean()),
             "report_s_per_map_max": float(reports["seconds"].max()),
             "review_s_per_case": review_s / n_subjects, "stats_s": stats_s,
-            "broken_flagged": bool((~reports.loc[reports["method"] == "LP-only", "correct"].astype(bool)).all())}
+            "broken_flagged": bool((~reports.loc[reports["method"] == METHODS["net_lp"].short, "correct"]
+                                    .astype(bool)).all())}
 

@@ -1,8 +1,9 @@
 """Run the ordered notebooks headlessly with papermill: the engine behind ``make reproduce``.
 
-Each notebook is a stage. A stage is skipped when its cache key — the package's code version,
-the notebook's cells, the injected parameters, the previous stage's key and the user's dataset
-file — matches the record of its last successful run and its outputs still exist. On failure
+Each notebook is a stage. A stage is skipped when its cache key — the source of the package
+modules the notebook imports (transitively, :func:`fetalcmr.cache.code_version`), the notebook's
+cells, the injected parameters, the profile's settings, the previous stage's key and the user's
+dataset file — matches the record of its last successful run and its outputs still exist. On failure
 the runner names the notebook and the failing cell and stops; earlier stages keep their
 outputs. Wall time and peak memory of each notebook go to ``MANIFEST.json``.
 
@@ -27,8 +28,8 @@ from typing import Any
 
 import psutil
 
-from fetalcmr.cache import code_version, content_key, file_digest, is_fresh, mark_fresh
-from fetalcmr.config import PROFILE_NAMES
+from fetalcmr.cache import code_version, content_key, file_digest, is_fresh, mark_fresh, module_file
+from fetalcmr.config import PROFILE_NAMES, get_profile
 from fetalcmr.manifest import Manifest, git_commit
 from fetalcmr.notebook import REPO_ROOT, default_figures_dir, default_run_dir
 from fetalcmr.paths import RunPaths
@@ -53,6 +54,26 @@ class StageResult:
 def list_notebooks(notebook_dir: Path = NOTEBOOK_DIR) -> list[Path]:
     """The pipeline's notebooks ``NN_*.ipynb`` in order."""
     return sorted(p for p in notebook_dir.glob("[0-9][0-9]_*.ipynb"))
+
+
+def notebook_modules(path: Path) -> list[str]:
+    """Return the ``fetalcmr`` modules a notebook's code cells import (IPython magics are skipped)."""
+    import ast
+
+    nb = json.loads(path.read_text())
+    found: set[str] = set()
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") != "code":
+            continue
+        source = "\n".join(line for line in "".join(cell.get("source", "")).splitlines()
+                           if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(source, filename=f"{path.name}")):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+                found.update(f"{node.module}.{a.name}" for a in node.names)
+    return sorted(n for n in found if n.split(".")[0] == "fetalcmr" and module_file(n) is not None)
 
 
 def notebook_digest(path: Path) -> str:
@@ -169,15 +190,16 @@ def run_pipeline(profile: str, *, dataset: str = "", seed: int = 0, force: bool 
     paths = RunPaths(run)
     params = {"profile": profile, "seed": seed, "dataset": dataset_path, "run_dir": str(run),
               "figures_dir": str(figs)}
-    code = code_version()
     data_key = file_digest(dataset_path) if dataset_path else "synthetic"
+    settings = get_profile(profile).to_dict()  # the notebooks read the whole profile
     previous = ""
     results = []
     notebooks = list_notebooks(notebook_dir)
     if not notebooks:
         raise SystemExit(f"no notebooks NN_*.ipynb in {notebook_dir}")
     for nb in notebooks:
-        key = content_key(code, notebook_digest(nb), params, previous, data_key)
+        key = content_key(code_version(*notebook_modules(nb)), notebook_digest(nb), params, settings, previous,
+                          data_key)
         previous = key
         if only and nb.name[:2] not in only:
             continue

@@ -5,13 +5,17 @@
 (c) ``net_lp_manual``: trained on propagated labels + manual binary masks (the method);
 (d) ``net_manual``: trained on manual binary masks alone (evaluated on the vessel region only).
 
-Training reads only ``image``, ``binary``, ``label`` and ``lp`` (:mod:`fetalcmr.data`); ``gt`` is
-read here for evaluation of the test subjects only. Trained networks live under
-``models_dir/segmenter_<method>/`` and are reused when their cache key (configuration, seed,
-training-data digest, code version) is unchanged.
+Methods are named by their :mod:`fetalcmr.methods` id (labels, colours, prediction folders and
+letters come from there). Training reads only ``image``, ``binary``, ``label`` and ``lp``
+(:mod:`fetalcmr.data`); ``gt`` is read here for evaluation of the test subjects only. Trained
+networks live under ``models_dir/segmenter_<letter>/`` and are reused when their cache key
+(configuration, seed, training-data digest, code version) is unchanged. What the stage leaves in a
+run folder is :class:`SegmentationOutputs` (:func:`run_segmentation`, :func:`load_segmentation`).
 
->>> METHODS["c"]
-'net_lp_manual'
+>>> [m.id for m in methods_of(STAGE)]
+['lp', 'net_lp', 'net_lp_manual', 'net_manual']
+>>> get(METHOD).label
+'(c) net: LP + manual'
 """
 
 from __future__ import annotations
@@ -34,31 +38,34 @@ from fetalcmr.cache import code_version, content_key, file_digest
 from fetalcmr.config import SegmenterConfig
 from fetalcmr.data import load_volume, make_samples
 from fetalcmr.dataset import training_view
-from fetalcmr.io import save_nifti
-from fetalcmr.models import make_segmenter, min_divisor
-from fetalcmr.train import TrainConfig, TrainResult, forward_volume, train
+from fetalcmr.io import load_nifti, save_nifti
+from fetalcmr.methods import get, methods_of
+from fetalcmr.metrics import subject_mean_dice
+from fetalcmr.models import make_segmenter
+from fetalcmr.paths import RunPaths, outputs_record
+from fetalcmr.predict import SOFTMAX_DONE, predict_volume, save_softmax, softmax_file
+from fetalcmr.stats import mean_sd, paired_wilcoxon
+from fetalcmr.train import TrainConfig, TrainResult, train
 
-#: Method letter -> short name (also the folder of its predictions).
-METHODS: Mapping[str, str] = {"a": "lp", "b": "net_lp", "c": "net_lp_manual", "d": "net_manual"}
-#: Method letter -> label used in figures and tables.
-METHOD_LABELS: Mapping[str, str] = {"a": "(a) LP", "b": "(b) net: LP", "c": "(c) net: LP + manual",
-                                    "d": "(d) net: manual"}
-#: Network methods -> supervision targets of the segmentation loss.
-TARGETS: Mapping[str, str] = {"b": "lp", "c": "lp+binary", "d": "binary"}
-#: Modules whose code a trained network depends on (its cache key hashes them).
-TRAINING_MODULES: tuple[str, ...] = ("train", "models", "losses", "transforms", "data", "io", "dataset", "anatomy")
-#: Methods evaluated per vessel label ((d) has no vessel identities: region only).
-MULTICLASS_METHODS: tuple[str, ...] = ("a", "b", "c")
+#: The notebook whose methods these are (:func:`fetalcmr.methods.methods_of`).
+STAGE = "02_segmentation"
+#: The method, (c): its network feeds the classifier (notebook 03) and joint training (notebook 04).
+METHOD = "net_lp_manual"
+#: Network methods (ids) -> supervision targets of the segmentation loss.
+TARGETS: Mapping[str, str] = {"net_lp": "lp", "net_lp_manual": "lp+binary", "net_manual": "binary"}
 
 
-def segmenter_dir(models_dir: str | os.PathLike[str], method: str = "c") -> Path:
-    """Return the folder of network ``method`` (``b``, ``c`` or ``d``) under ``models_dir``."""
+def segmenter_dir(models_dir: str | os.PathLike[str], method: str = METHOD) -> Path:
+    """Return the folder of network ``method`` (an id in :data:`TARGETS`) under ``models_dir``.
+
+    The folder carries the paper's letter (``segmenter_c``), as in runs made before the registry.
+    """
     if method not in TARGETS:
         raise ValueError(f"no trained network for method {method!r}; choose one of {tuple(TARGETS)}")
-    return Path(models_dir) / f"segmenter_{method}"
+    return Path(models_dir) / f"segmenter_{get(method).letter}"
 
 
-def method_checkpoint(models_dir: str | os.PathLike[str], method: str = "c") -> Path:
+def method_checkpoint(models_dir: str | os.PathLike[str], method: str = METHOD) -> Path:
     """Return the checkpoint holding the selected weights of network ``method`` (default: the method, c)."""
     return segmenter_dir(models_dir, method) / "best.pt"
 
@@ -84,7 +91,7 @@ def training_digest(data: Mapping[str, Any], keys: Sequence[str] = ("image", "bi
 
 @dataclass
 class SegmenterRuns:
-    """The trained networks (b, c, d), their histories and training times."""
+    """The trained networks (b, c, d; keyed by method id), their histories and training times."""
 
     results: dict[str, TrainResult]
     keys: dict[str, str]
@@ -92,7 +99,7 @@ class SegmenterRuns:
     @property
     def histories(self) -> dict[str, pd.DataFrame]:
         """Training history per method label."""
-        return {METHOD_LABELS[m]: r.history for m, r in self.results.items()}
+        return {get(m).label: r.history for m, r in self.results.items()}
 
     def seconds(self) -> dict[str, float]:
         """Total training wall seconds per method (from the history, so also for reused runs)."""
@@ -101,8 +108,11 @@ class SegmenterRuns:
 
 def train_segmenters(data: Mapping[str, Any], cfg: SegmenterConfig, models_dir: str | os.PathLike[str], *,
                      grid: int | None, spacing_mm: float | None, seed: int = 0,
-                     methods: Sequence[str] = ("b", "c", "d"), progress: bool = True) -> SegmenterRuns:
-    """Train (or reuse, or resume) the networks of ``methods`` on the training split of ``data``."""
+                     methods: Sequence[str] = tuple(TARGETS), progress: bool = True) -> SegmenterRuns:
+    """Train (or reuse, or resume) the networks of ``methods`` (ids) on the training split of ``data``.
+
+    The cache key names a network by its letter, so runs trained before the registry stay valid.
+    """
     keys = ("image", "lp", "binary", "label")
     train_samples = make_samples(data["training"], keys, grid=grid, spacing_mm=spacing_mm)
     val_samples = make_samples(data.get("validation", []) or [], keys, grid=grid, spacing_mm=spacing_mm)
@@ -110,8 +120,8 @@ def train_segmenters(data: Mapping[str, Any], cfg: SegmenterConfig, models_dir: 
     results, run_keys = {}, {}
     for method in methods:
         tcfg = train_config(cfg, method, seed)
-        run_key = content_key("segmenter", method, dataclasses.asdict(cfg), tcfg.to_dict(), seed, digest,
-                              grid, spacing_mm, code_version(*TRAINING_MODULES))
+        run_key = content_key("segmenter", get(method).letter, dataclasses.asdict(cfg), tcfg.to_dict(), seed, digest,
+                              grid, spacing_mm, code_version(__name__))
         results[method] = train(lambda: make_segmenter(cfg), train_samples, val_samples, tcfg,
                                 segmenter_dir(models_dir, method), run_key=run_key, progress=progress)
         run_keys[method] = run_key
@@ -122,46 +132,26 @@ def train_segmenters(data: Mapping[str, Any], cfg: SegmenterConfig, models_dir: 
 # inference
 
 
-@torch.no_grad()
-def predict_softmax(model: torch.nn.Module, image: np.ndarray) -> np.ndarray:
-    """Return the softmax [12, x, y, z] (float32) of ``model`` for one image [1, x, y, z]."""
-    model.eval()
-    x = torch.as_tensor(np.asarray(image, dtype=np.float32))[None]
-    logits = forward_volume(model, x, multiple=min_divisor(tuple(getattr(model, "strides", (1,)))))
-    return torch.softmax(logits, 1)[0].cpu().numpy()
-
-
 def predict_labels(model: torch.nn.Module, samples: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str],
                    *, progress: bool = True) -> dict[str, np.ndarray]:
     """Return ``{id: label map}`` (argmax) for ``samples`` and save each as NIfTI (the input's affine)."""
     out = Path(out_dir)
     preds: dict[str, np.ndarray] = {}
     for s in tqdm(samples, desc=f"predict {out.name}", disable=not progress, leave=False):
-        labels = predict_softmax(model, s["image"]).argmax(0).astype(np.uint8)
+        labels = predict_volume(model, s["image"]).softmax.argmax(0).astype(np.uint8)
         save_nifti(out / f"{s['id']}.nii.gz", labels, s["affine"])
         preds[s["id"]] = labels
     return preds
 
 
-def save_softmax(model: torch.nn.Module, samples: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str],
-                 *, progress: bool = True) -> Path:
-    """Save the softmax of every sample as ``<out_dir>/<id>.npz`` (float16 ``softmax``, ``affine``)."""
-    from fetalcmr.atomic import atomic_path
-
+def save_softmax_files(model: torch.nn.Module, samples: Sequence[Mapping[str, Any]],
+                       out_dir: str | os.PathLike[str], *, progress: bool = True) -> Path:
+    """Save the softmax of every sample in ``out_dir`` (:func:`fetalcmr.predict.save_softmax`, with
+    the sample's affine); return the folder."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     for s in tqdm(samples, desc="softmax", disable=not progress, leave=False):
-        soft = predict_softmax(model, s["image"]).astype(np.float16)
-        with atomic_path(out / f"{s['id']}.npz") as tmp:
-            with open(tmp, "wb") as fh:
-                np.savez_compressed(fh, softmax=soft, affine=np.asarray(s["affine"]))
+        save_softmax(softmax_file(out, s["id"]), predict_volume(model, s["image"]).softmax, s["affine"])
     return out
-
-
-def load_softmax(path: str | os.PathLike[str]) -> np.ndarray:
-    """Return the float32 softmax [12, x, y, z] saved by :func:`save_softmax`."""
-    with np.load(path) as f:
-        return f["softmax"].astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,7 +168,8 @@ def evaluate(predictions: Mapping[str, Mapping[str, np.ndarray]], items: Sequenc
              classes: Mapping[int, str] = CLASSES) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return per-subject ``(per_label, region)`` tables of every method against ``gt``.
 
-    ``per_label``: method, id, class, label, name, dice, hd95, asd, precision (methods a–c).
+    ``predictions`` is keyed by method id.
+    ``per_label``: method, id, class, label, name, dice, hd95, asd, precision (multi-class methods a–c).
     ``region``: method, id, class, dice, sensitivity, specificity, precision of the vessel region
     (foreground of the prediction vs. foreground of ``gt``), for every method.
     """
@@ -194,7 +185,7 @@ def evaluate(predictions: Mapping[str, Mapping[str, np.ndarray]], items: Sequenc
             pred = preds[it["id"]]
             base = {"method": method, "id": it["id"], "class": cls}
             region.append({**base, **region_metrics(pred > 0, truth > 0)})
-            if method in MULTICLASS_METHODS:
+            if get(method).multiclass:
                 df = evaluate_segmentation(pred, truth, spacing, labels)
                 for row in df.to_dict("records"):
                     per_label.append({**base, **row})
@@ -226,71 +217,61 @@ def supervision_agreement(items: Sequence[Mapping[str, Any]], *, grid: int | Non
     return pd.DataFrame(rows)
 
 
-def subject_mean_dice(per_label: pd.DataFrame) -> pd.DataFrame:
-    """Return a subjects × methods table of the mean Dice over vessel labels present in ``gt``."""
-    return per_label.groupby(["id", "method"])["dice"].mean().unstack("method")
+def wilcoxon_tests(per_label: pd.DataFrame, reference: str = METHOD,
+                   others: Sequence[str] = ("lp", "net_lp")) -> pd.DataFrame:
+    """Return paired Wilcoxon signed-rank tests of per-subject mean Dice: ``reference`` vs each other.
 
-
-def wilcoxon_tests(per_label: pd.DataFrame, reference: str = "c", others: Sequence[str] = ("a", "b")) -> pd.DataFrame:
-    """Return paired Wilcoxon signed-rank tests of per-subject mean Dice: ``reference`` vs each other."""
-    from scipy.stats import wilcoxon
-
-    wide = subject_mean_dice(per_label)
+    One row per comparison on the subjects both methods were evaluated on
+    (:func:`fetalcmr.stats.paired_wilcoxon`: W and p are NaN with fewer than 2 subjects or no difference);
+    the reference's mean is the column ``mean_dice_<its letter>``.
+    """
+    wide = subject_mean_dice(per_label).unstack("method")
     rows = []
     for other in others:
         if reference not in wide or other not in wide:
             continue
         pair = wide[[reference, other]].dropna()
-        diff = pair[reference] - pair[other]
-        if len(pair) == 0 or np.allclose(diff, 0):
-            stat, p = float("nan"), float("nan")
-        else:
-            res = wilcoxon(pair[reference], pair[other], alternative="two-sided")
-            stat, p = float(res.statistic), float(res.pvalue)
-        rows.append({"comparison": f"{METHOD_LABELS[reference]} vs {METHOD_LABELS[other]}",
-                     "n_subjects": len(pair), f"mean_dice_{reference}": float(pair[reference].mean()),
-                     "mean_dice_other": float(pair[other].mean()), "median_difference": float(diff.median()),
-                     "subjects_improved": int((diff > 0).sum()), "wilcoxon_W": stat, "p_value": p})
+        t = paired_wilcoxon(pair[reference], pair[other])
+        rows.append({"comparison": f"{get(reference).label} vs {get(other).label}",
+                     "n_subjects": t.n, f"mean_dice_{get(reference).letter}": t.mean_a, "mean_dice_other": t.mean_b,
+                     "median_difference": t.median_diff, "subjects_improved": t.n_a_greater,
+                     "wilcoxon_W": t.statistic, "p_value": t.p_value})
     return pd.DataFrame(rows)
-
-
-def _mean_sd(values: pd.Series) -> str:
-    v = values.dropna()
-    return f"{v.mean():.3f} ({v.std(ddof=1):.3f})" if len(v) > 1 else (f"{v.mean():.3f}" if len(v) else "–")
 
 
 def dice_table(per_label: pd.DataFrame, region: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
     """Return ``metric`` as "mean (sd)" per vessel label (rows) and method (columns), plus the region row."""
-    methods = [m for m in METHODS if m in set(per_label["method"]) | set(region["method"])]
+    present = set(per_label["method"]) | set(region["method"])
+    methods = [m for m in methods_of(STAGE) if m.id in present]
     rows = []
     for (_lab, name), grp in per_label.groupby(["label", "name"], sort=True):
         row = {"label": name}
         for m in methods:
-            row[METHOD_LABELS[m]] = _mean_sd(grp.loc[grp["method"] == m, metric]) if m in MULTICLASS_METHODS else "–"
+            row[m.label] = mean_sd(grp.loc[grp["method"] == m.id, metric], 3) if m.multiclass else "–"
         rows.append(row)
     if metric in region:
         row = {"label": "vessel region (binary)"}
         for m in methods:
-            row[METHOD_LABELS[m]] = _mean_sd(region.loc[region["method"] == m, metric])
+            row[m.label] = mean_sd(region.loc[region["method"] == m.id, metric], 3)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def by_class_table(per_label: pd.DataFrame, region: pd.DataFrame) -> pd.DataFrame:
     """Return mean (sd) per-subject mean Dice by anomaly class and method, and region Dice for (d)."""
-    subj = per_label.groupby(["method", "class", "id"])["dice"].mean().reset_index()
+    subj = subject_mean_dice(per_label, ("method", "class", "id")).reset_index()
     rows = []
     for cls in sorted(set(region["class"]), key=lambda c: list(CLASSES.values()).index(c)
                       if c in CLASSES.values() else 99):
         row: dict[str, Any] = {"class": cls, "n": int(region.loc[region["class"] == cls, "id"].nunique())}
-        for m in METHODS:
-            if m in MULTICLASS_METHODS:
-                vals = subj.loc[(subj["method"] == m) & (subj["class"] == cls), "dice"]
-                row[f"{METHOD_LABELS[m]} mean vessel Dice"] = _mean_sd(vals)
-        for m in METHODS:
-            vals = region.loc[(region["method"] == m) & (region["class"] == cls), "dice"]
+        for m in methods_of(STAGE):
+            if m.multiclass:
+                vals = subj.loc[(subj["method"] == m.id) & (subj["class"] == cls), "dice"]
+                row[f"{m.label} mean vessel Dice"] = mean_sd(vals, 3)
+        for m in methods_of(STAGE):
+            vals = region.loc[(region["method"] == m.id) & (region["class"] == cls), "dice"]
             if len(vals):
-                row[f"{METHOD_LABELS[m]} region Dice"] = _mean_sd(vals)
+                row[f"{m.label} region Dice"] = mean_sd(vals, 3)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -300,33 +281,33 @@ def by_class_table(per_label: pd.DataFrame, region: pd.DataFrame) -> pd.DataFram
 
 
 def plot_dice_boxplots(per_label: pd.DataFrame, region: pd.DataFrame, *, title: str = "") -> Any:
-    """Return a figure: per-label Dice box plots by method (a–c) and the region Dice of all methods."""
+    """Return a figure: per-label Dice box plots by method (a–c) and the region Dice of all methods
+    (registry labels and colours)."""
     import matplotlib.pyplot as plt
 
-    methods = [m for m in MULTICLASS_METHODS if m in set(per_label["method"])]
+    methods = [m for m in methods_of(STAGE) if m.multiclass and m.id in set(per_label["method"])]
     names = [n for _, n in sorted(set(zip(per_label["label"], per_label["name"], strict=True)))]
-    colours = {"a": "#9e9e9e", "b": "#64b5f6", "c": "#d84315", "d": "#7cb342"}
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [5, 1.3]})
     width = 0.8 / max(len(methods), 1)
     for k, m in enumerate(methods):
-        data = [per_label.loc[(per_label["method"] == m) & (per_label["name"] == n), "dice"].dropna().to_numpy()
+        data = [per_label.loc[(per_label["method"] == m.id) & (per_label["name"] == n), "dice"].dropna().to_numpy()
                 for n in names]
         pos = np.arange(len(names)) + (k - (len(methods) - 1) / 2) * width
         bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=True,
                         flierprops={"markersize": 2})
         for box in bp["boxes"]:
-            box.set(facecolor=colours[m], alpha=0.8)
-        ax.plot([], [], "s", color=colours[m], label=METHOD_LABELS[m])
+            box.set(facecolor=m.colour, alpha=0.8)
+        ax.plot([], [], "s", color=m.colour, label=m.label)
     ax.set_xticks(np.arange(len(names)), names)
     ax.set(ylabel="Dice vs ground truth", ylim=(0, 1), title="per-vessel Dice (test subjects)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="lower left", ncol=len(methods))
-    rmethods = [m for m in METHODS if m in set(region["method"])]
-    bp = ax2.boxplot([region.loc[region["method"] == m, "dice"].to_numpy() for m in rmethods],
+    rmethods = [m for m in methods_of(STAGE) if m.id in set(region["method"])]
+    bp = ax2.boxplot([region.loc[region["method"] == m.id, "dice"].to_numpy() for m in rmethods],
                      patch_artist=True, flierprops={"markersize": 2})
     for box, m in zip(bp["boxes"], rmethods, strict=True):
-        box.set(facecolor=colours[m], alpha=0.8)
-    ax2.set_xticks(range(1, len(rmethods) + 1), [f"({m})" for m in rmethods])
+        box.set(facecolor=m.colour, alpha=0.8)
+    ax2.set_xticks(range(1, len(rmethods) + 1), [f"({m.letter})" for m in rmethods])
     ax2.set(ylim=(0, 1), title="vessel region Dice")
     ax2.grid(axis="y", alpha=0.3)
     if title:
@@ -353,13 +334,13 @@ def coronal_projection(labels: np.ndarray) -> np.ndarray:
     return np.where(fg.any(axis=1), proj, 0)
 
 
-def pick_subjects(per_label: pd.DataFrame, method: str = "c") -> dict[str, str]:
+def pick_subjects(per_label: pd.DataFrame, method: str = METHOD) -> dict[str, str]:
     """Return ``{"best", "median", "worst": subject id}`` by per-subject mean Dice of ``method``."""
-    scores = subject_mean_dice(per_label)[method].dropna().sort_values()
+    scores = subject_mean_dice(per_label).unstack("method")[method].dropna().sort_values()
     return {"best": scores.index[-1], "median": scores.index[len(scores) // 2], "worst": scores.index[0]}
 
 
-def plot_overlays(cases: Mapping[str, Mapping[str, Any]], *, method_label: str = METHOD_LABELS["c"],
+def plot_overlays(cases: Mapping[str, Mapping[str, Any]], *, method_label: str = get(METHOD).label,
                   title: str = "") -> Any:
     """Return a figure: per case (rows) the coronal label view of ``gt`` and prediction, and an axial slice.
 
@@ -405,65 +386,128 @@ def plot_overlays(cases: Mapping[str, Mapping[str, Any]], *, method_label: str =
 # the whole stage
 
 
-@dataclass
-class SegmentationStage:
-    """Outputs of :func:`run_segmentation`."""
+#: Per-subject result tables of the stage, under the run's ``results/`` (written when the test subjects have gt).
+PER_LABEL_CSV = "segmentation_per_label.csv"
+REGION_CSV = "segmentation_region.csv"
 
-    runs: SegmenterRuns
-    predictions: dict[str, dict[str, np.ndarray]]
-    test_samples: list[dict[str, Any]]
-    per_label: pd.DataFrame | None
-    region: pd.DataFrame | None
-    inference_seconds: float  # per subject, method (c)
-    softmax_dir: Path
+
+@dataclass(frozen=True, eq=False)
+class SegmentationOutputs:
+    """What notebook 02 leaves in a run folder (:func:`run_segmentation`, :func:`load_segmentation`).
+
+    Every mapping is keyed by method id (:mod:`fetalcmr.methods`).
+    """
+
+    checkpoints: Mapping[str, Path]  # network -> its selected weights (``best.pt``)
+    histories: Mapping[str, pd.DataFrame]  # network -> training history
+    best_epochs: Mapping[str, int]  # network -> epoch of the selected weights
+    prediction_dirs: Mapping[str, Path]  # method -> folder of the test subjects' label maps ``<id>.nii.gz``
+    softmax_dir: Path | None  # softmax of network (c) for every subject (classifier input); None without (c)
+    test_ids: tuple[str, ...]
+    per_label: pd.DataFrame | None  # per test subject and vessel (None: the test subjects have no gt)
+    region: pd.DataFrame | None  # per test subject, the vessel region
+    inference_seconds: float  # per test subject, network (c); NaN without test subjects
+
+    def labels(self, method: str, subject: str) -> np.ndarray:
+        """Return the label map ``method`` predicted for test subject ``subject`` (uint8, as saved)."""
+        return np.rint(load_nifti(self.prediction_dirs[method] / f"{subject}.nii.gz").array).astype(np.uint8)
+
+    def train_seconds(self) -> dict[str, float]:
+        """Total training wall seconds per network (from its history, so also for reused runs)."""
+        return {m: float(h["seconds"].sum()) for m, h in self.histories.items()}
+
+
+def _read_tables(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+    kw: dict[str, Any] = {"dtype": {"id": str, "class": str}}
+    return pd.read_csv(results_dir / PER_LABEL_CSV, **kw), pd.read_csv(results_dir / REGION_CSV, **kw)
+
+
+def _read_outputs(models_dir: str | os.PathLike[str], predictions_dir: str | os.PathLike[str],
+                  results_dir: str | os.PathLike[str]) -> SegmentationOutputs:
+    """Return the outputs that the stage's record in ``results_dir`` describes, read from their files."""
+    import json
+
+    from fetalcmr.train import read_history
+
+    record = json.loads(outputs_record(results_dir, STAGE).read_text())
+    nets = list(record["networks"])
+    per_label, region = _read_tables(Path(results_dir)) if record["evaluated"] else (None, None)
+    seconds = record["inference_seconds"]
+    return SegmentationOutputs(
+        checkpoints={m: method_checkpoint(models_dir, m) for m in nets},
+        histories={m: read_history(segmenter_dir(models_dir, m)) for m in nets},
+        best_epochs={m: int(record["best_epochs"][m]) for m in nets},
+        prediction_dirs={m: Path(predictions_dir) / str(get(m).folder) for m in record["predicted"]},
+        softmax_dir=segmenter_dir(models_dir, METHOD) / "softmax" if record["softmax"] else None,
+        test_ids=tuple(record["test_ids"]), per_label=per_label, region=region,
+        inference_seconds=float("nan") if seconds is None else float(seconds))
 
 
 def run_segmentation(data: Mapping[str, Any], cfg: SegmenterConfig, *, models_dir: str | os.PathLike[str],
                      predictions_dir: str | os.PathLike[str], results_dir: str | os.PathLike[str],
                      grid: int | None, spacing_mm: float | None, seed: int = 0,
-                     progress: bool = True) -> SegmentationStage:
-    """Train (or reuse) networks b–d, predict the test subjects, save the (c) softmax of every
-    subject, and, when the test subjects have ``gt``, evaluate all methods and write
-    ``results_dir/segmentation_per_label.csv`` and ``segmentation_region.csv``."""
+                     progress: bool = True) -> SegmentationOutputs:
+    """Train (or reuse) networks b–d, predict the test subjects into ``predictions_dir/<method folder>/``,
+    save the (c) softmax of every subject, and, when the test subjects have ``gt``, evaluate all
+    methods and write ``results_dir/segmentation_per_label.csv`` and ``segmentation_region.csv``.
+
+    The stage's record (:func:`fetalcmr.paths.outputs_record`) is written last; the outputs are
+    read back from the files, so they equal :func:`load_segmentation`'s for the same folders.
+    """
+    from fetalcmr.atomic import atomic_path, write_json_atomic
+
     runs = train_segmenters(data, cfg, models_dir, grid=grid, spacing_mm=spacing_mm, seed=seed,
                             progress=progress)
     test_items = list(data.get("testing", []) or [])
     test_samples = make_samples(test_items, ("image", "lp"), grid=grid, spacing_mm=spacing_mm)
-    predictions: dict[str, dict[str, np.ndarray]] = {"a": {}}
+    lp_method = get("lp")
+    predictions: dict[str, dict[str, np.ndarray]] = {lp_method.id: {}}
     for s in test_samples:
         lp = s["lp"][0].astype(np.uint8)
-        save_nifti(Path(predictions_dir) / METHODS["a"] / f"{s['id']}.nii.gz", lp, s["affine"])
-        predictions["a"][s["id"]] = lp
+        save_nifti(Path(predictions_dir) / str(lp_method.folder) / f"{s['id']}.nii.gz", lp, s["affine"])
+        predictions[lp_method.id][s["id"]] = lp
     inference = float("nan")
     for method, result in runs.results.items():
         t0 = time.perf_counter()
-        predictions[method] = predict_labels(result.model, test_samples, Path(predictions_dir) / METHODS[method],
-                                             progress=progress)
-        if method == "c" and test_samples:
+        predictions[method] = predict_labels(result.model, test_samples,
+                                             Path(predictions_dir) / str(get(method).folder), progress=progress)
+        if method == METHOD and test_samples:
             inference = (time.perf_counter() - t0) / len(test_samples)
     # frozen softmax of the method's network for every subject (classifier input, notebook 03)
     all_items = [it for split in ("training", "validation", "testing") for it in data.get(split, []) or []]
-    softmax_dir = segmenter_dir(models_dir, "c") / "softmax"
-    if "c" in runs.results:
-        record = softmax_dir / "done.json"
+    softmax_dir = segmenter_dir(models_dir, METHOD) / "softmax"
+    if METHOD in runs.results:
+        record = softmax_dir / SOFTMAX_DONE
         from fetalcmr.cache import is_fresh, mark_fresh
 
-        key = content_key("softmax", runs.keys["c"], [it["id"] for it in all_items])
+        key = content_key("softmax", runs.keys[METHOD], [it["id"] for it in all_items])
         if not is_fresh(record, key):
-            save_softmax(runs.results["c"].model, make_samples(all_items, ("image",), grid=grid,
-                                                               spacing_mm=spacing_mm), softmax_dir,
-                         progress=progress)
+            save_softmax_files(runs.results[METHOD].model,
+                               make_samples(all_items, ("image",), grid=grid, spacing_mm=spacing_mm), softmax_dir,
+                               progress=progress)
             mark_fresh(record, key, n_subjects=len(all_items))
-    per_label = region = None
-    if has_truth(test_items):
+    evaluated = has_truth(test_items)
+    if evaluated:
         per_label, region = evaluate(predictions, test_items, grid=grid, spacing_mm=spacing_mm,
                                      labels={int(k): v for k, v in (data.get("labels") or LABELS).items()})
-        from fetalcmr.atomic import atomic_path
-
-        for df, name in ((per_label, "segmentation_per_label.csv"), (region, "segmentation_region.csv")):
+        for df, name in ((per_label, PER_LABEL_CSV), (region, REGION_CSV)):
             with atomic_path(Path(results_dir) / name) as tmp:
-                df.assign(method_name=df["method"].map(METHODS)).to_csv(tmp, index=False)
-    return SegmentationStage(runs, predictions, test_samples, per_label, region, inference, softmax_dir)
+                df.to_csv(tmp, index=False)
+    write_json_atomic(outputs_record(results_dir, STAGE), {
+        "networks": list(runs.results), "predicted": list(predictions),
+        "best_epochs": {m: int(r.best_epoch) for m, r in runs.results.items()},
+        "softmax": METHOD in runs.results, "test_ids": [str(s["id"]) for s in test_samples],
+        "evaluated": evaluated, "inference_seconds": inference if np.isfinite(inference) else None})
+    return _read_outputs(models_dir, predictions_dir, results_dir)
+
+
+def load_segmentation(paths: RunPaths) -> SegmentationOutputs:
+    """Return what notebook 02 wrote for the run ``paths`` (nothing is trained or predicted).
+
+    Raises :class:`fetalcmr.paths.StageNotRun` when the stage has not run there.
+    """
+    paths.require(STAGE, paths.outputs_record(STAGE))
+    return _read_outputs(paths.models_dir, paths.predictions_dir, paths.results_dir)
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,12 +1,21 @@
-"""One training engine for the three modes of the reference: ``segment``, ``classify``, ``joint``.
+"""The training engine: one loop that trains a segmenter, a classifier or both jointly.
 
-AdamW with a learning rate decaying linearly to 0 over the run, class-balanced sampling, the
-reference's MONAI augmentations, deterministic seeding, CUDA with mixed precision when present
-(CPU threads otherwise), a tqdm bar, a history CSV, atomic ``latest``/``best`` checkpoints and
-resume: calling :func:`train` again with the same ``run_key`` continues from the last finished
-epoch (a finished run just loads). The same call runs under ``torchrun --nproc_per_node N``
-(DistributedDataParallel; every rank draws the same class-balanced epoch and keeps its share;
-only rank 0 writes).
+:func:`train` seeds every generator, builds the model, AdamW (learning rate decaying linearly
+to 0 over the run) and, on CUDA, mixed precision; continues from ``latest.pt`` when it holds
+the same ``run_key`` and configuration (a finished run only loads); then each epoch draws a
+class-balanced set of samples, augments them (the reference's MONAI augmentations), takes the
+optimiser steps, validates, and writes atomic ``latest.pt``, ``best.pt`` and ``history.csv``.
+It returns the weights of the best validation metric (or of the last epoch).
+
+What differs between the three modes of the reference lives in one step object per mode
+(:data:`STEPS`, chosen once from ``TrainConfig.mode``): the loss of a batch and its logged
+parts, which outputs are segmentation and class logits, the scores of one validation sample,
+and the selection metric ``val_metric`` (Dice for ``segment``, balanced accuracy for
+``classify``, their mean for ``joint``).
+
+The same call runs under ``torchrun --nproc_per_node N`` (DistributedDataParallel): every rank
+draws the same class-balanced epoch and keeps its share, the logged losses are averaged over
+ranks, only rank 0 validates and writes, and every rank returns rank 0's history and weights.
 
 Samples are dicts of channel-first arrays made by :mod:`fetalcmr.data` (``image`` [C,...],
 optional ``extra`` [E,...] placed before the image channels, ``lp``/``binary`` [1,...],
@@ -16,6 +25,8 @@ optional ``extra`` [E,...] placed before the image channels, ``lp``/``binary`` [
 >>> cfg = TrainConfig(mode="segment", epochs=2, batch_size=2, lr=1e-3)
 >>> cfg.lr_at(1)
 0.0005
+>>> mode_step(cfg).val_metric({"val_dice": 0.8, "val_bacc": 0.5})
+0.8
 """
 
 from __future__ import annotations
@@ -25,10 +36,11 @@ import dataclasses
 import os
 import random
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -40,11 +52,13 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from fetalcmr.atomic import atomic_path, write_text_atomic
+from fetalcmr.classmetrics import balanced_accuracy
 from fetalcmr.data import EpochDataset, balanced_indices
 from fetalcmr.losses import SegmentationLoss, joint_loss
+from fetalcmr.metrics import mean_dice
+from fetalcmr.models import divisor
 from fetalcmr.transforms import augmentation
 
-MODES: tuple[str, ...] = ("segment", "classify", "joint")
 CHECKPOINT_VERSION = 1
 
 
@@ -75,7 +89,7 @@ class TrainConfig:
     num_workers: int | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
+        if self.mode not in STEPS:
             raise ValueError(f"unknown training mode {self.mode!r}; choose one of {MODES}")
         if self.select not in ("best", "last"):
             raise ValueError(f"select must be 'best' or 'last', not {self.select!r}")
@@ -93,10 +107,7 @@ class TrainConfig:
     @property
     def sample_keys(self) -> tuple[str, ...]:
         """Sample keys the run reads (never ``gt``)."""
-        keys: list[str] = ["image", "extra"]
-        if self.mode in ("segment", "joint"):
-            keys += [k for k in ("lp", "binary") if k in self.targets.split("+")]
-        return tuple(keys)
+        return ("image", "extra", *STEPS[self.mode].target_keys(self.targets))
 
 
 @dataclass
@@ -192,7 +203,7 @@ def _autocast(device: torch.device, enabled: bool) -> contextlib.AbstractContext
 
 
 # --------------------------------------------------------------------------------------------
-# per-mode loss and validation
+# batches and whole-volume forward passes
 
 
 def _inputs(batch: dict[str, Any], device: torch.device) -> torch.Tensor:
@@ -211,19 +222,12 @@ def _target(batch: dict[str, Any], key: str, device: torch.device) -> torch.Tens
     return value.to(device, non_blocking=True)[:, 0].long()
 
 
-def _loss(cfg: TrainConfig, seg_loss: SegmentationLoss, outputs: Any, batch: dict[str, Any], epoch: int,
-          device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-    """Return the mode's loss and its parts for one batch."""
-    if cfg.mode == "classify":
-        ce = F.cross_entropy(outputs.float(), _target(batch, "label", device))
-        return ce, {"ce": float(ce.detach())}
-    seg_logits = outputs[0] if cfg.mode == "joint" else outputs
-    total, parts = seg_loss(seg_logits, lp=_target(batch, "lp", device),
-                            binary=_target(batch, "binary", device), epoch=epoch)
-    if cfg.mode == "joint":
-        total, ce = joint_loss(total, outputs[1], _target(batch, "label", device), cfg.lam)
-        parts["ce"] = float(ce.detach())
-    return total, parts
+def _sample_batch(sample: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]:
+    """Return one sample as a batch of 1 (tensors [1,C,...], ``label`` [1])."""
+    batch = {k: torch.as_tensor(np.asarray(sample[k]))[None] for k in keys if k in sample}
+    if "label" in sample:
+        batch["label"] = torch.tensor([int(sample["label"])])
+    return batch
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
@@ -252,33 +256,172 @@ def forward_volume(model: nn.Module, image: torch.Tensor, *, multiple: int = 16,
     return tuple(crop(o) for o in out) if isinstance(out, tuple) else crop(out)
 
 
-def _divisor(model: nn.Module) -> int:
-    net = model.segmenter if hasattr(model, "segmenter") else model
-    strides = getattr(net, "strides", None)
-    if not strides:
-        return 1
-    out = 1
-    for s in strides:
-        out *= int(s) if isinstance(s, int) else int(np.prod(s))
-    return out
+# --------------------------------------------------------------------------------------------
+# per-mode steps
 
 
 def dice_mean(pred: torch.Tensor, truth: torch.Tensor, labels: Sequence[int]) -> float:
-    """Return the mean Dice over ``labels`` present in ``truth`` or ``pred`` (integer maps)."""
-    scores = []
-    for lab in labels:
-        p, t = pred == lab, truth == lab
-        denom = int(p.sum() + t.sum())
-        if denom:
-            scores.append(2.0 * int((p & t).sum()) / denom)
-    return float(np.mean(scores)) if scores else 1.0
+    """Return :func:`fetalcmr.metrics.mean_dice` over ``labels`` of two integer maps, 1.0 when none is present.
+
+    Validation only (checkpoint selection against the training targets): an empty pair counts as
+    perfect here, while evaluation tables leave it out (``docs/design.md`` §7).
+    """
+    score = mean_dice(np.asarray(pred), np.asarray(truth), labels)
+    return 1.0 if np.isnan(score) else score
 
 
-def balanced_accuracy(pred: Sequence[int], truth: Sequence[int]) -> float:
-    """Return the mean per-class recall over classes present in ``truth``."""
-    pred_a, truth_a = np.asarray(pred), np.asarray(truth)
-    recalls = [float((pred_a[truth_a == c] == c).mean()) for c in np.unique(truth_a)]
-    return float(np.mean(recalls)) if recalls else float("nan")
+@dataclass(frozen=True)
+class SampleScore:
+    """Validation scores of one sample: segmentation Dice and/or the predicted and true class."""
+
+    dice: float | None = None
+    pred: int | None = None
+    truth: int | None = None
+
+
+class ModeStep(ABC):
+    """What the engine asks of a training mode; one subclass per mode in :data:`STEPS`."""
+
+    #: the mode supervises a segmentation (its batches carry the ``lp``/``binary`` targets)
+    segments: ClassVar[bool]
+    #: the mode may train on random patches (``TrainConfig.patch``); a classifier needs whole volumes
+    patches: ClassVar[bool]
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.seg_loss = SegmentationLoss(cfg.targets, cfg.binary_weight)
+
+    @classmethod
+    def target_keys(cls, targets: str) -> tuple[str, ...]:
+        """Return the mask keys (``lp``, ``binary``) this mode reads under segmenter ``targets``."""
+        return tuple(k for k in ("lp", "binary") if k in targets.split("+")) if cls.segments else ()
+
+    def segmentation(self, outputs: Any) -> torch.Tensor | None:
+        """Return the segmentation logits [B,12,...] in the model's ``outputs`` (None: there are none)."""
+        return None
+
+    def classification(self, outputs: Any) -> torch.Tensor | None:
+        """Return the class logits [B,3] in the model's ``outputs`` (None: there are none)."""
+        return None
+
+    @abstractmethod
+    def loss(self, outputs: Any, batch: dict[str, Any], epoch: int,
+             device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the loss of a batch and its logged parts."""
+
+    @abstractmethod
+    def score(self, outputs: Any, sample: dict[str, Any]) -> SampleScore:
+        """Return the validation scores of one sample from the model's ``outputs`` for it."""
+
+    @abstractmethod
+    def val_metric(self, row: dict[str, float]) -> float:
+        """Return the selection metric (higher is better) from a validation row."""
+
+    def _segment_loss(self, seg_logits: torch.Tensor, batch: dict[str, Any], epoch: int,
+                      device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.seg_loss(seg_logits, lp=_target(batch, "lp", device), binary=_target(batch, "binary", device),
+                             epoch=epoch)
+
+    def _dice(self, seg_logits: torch.Tensor, sample: dict[str, Any]) -> float:
+        """Dice of the argmax against the training target: every ``lp`` label, or the ``binary`` foreground."""
+        seg = seg_logits.argmax(1)[0].cpu()
+        if self.seg_loss.uses_lp:
+            lp = torch.as_tensor(np.asarray(sample["lp"][0])).long()
+            return dice_mean(seg, lp, range(1, int(seg_logits.shape[1])))
+        return dice_mean((seg > 0).long(), torch.as_tensor(np.asarray(sample["binary"][0])).long(), [1])
+
+    @staticmethod
+    def _predicted(class_logits: torch.Tensor) -> int:
+        return int(class_logits.argmax(1)[0])
+
+
+class SegmentStep(ModeStep):
+    """``segment``: :class:`~fetalcmr.losses.SegmentationLoss` on the logits; selected by Dice."""
+
+    segments, patches = True, True
+
+    def segmentation(self, outputs: Any) -> torch.Tensor:
+        """Return ``outputs`` (the model is a segmenter)."""
+        return outputs
+
+    def loss(self, outputs: Any, batch: dict[str, Any], epoch: int,
+             device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the segmentation loss and its parts (``lp``, ``binary``, ``binary_weight``)."""
+        return self._segment_loss(self.segmentation(outputs), batch, epoch, device)
+
+    def score(self, outputs: Any, sample: dict[str, Any]) -> SampleScore:
+        """Return the sample's Dice against its training target."""
+        return SampleScore(dice=self._dice(self.segmentation(outputs), sample))
+
+    def val_metric(self, row: dict[str, float]) -> float:
+        """Return ``val_dice``."""
+        return row.get("val_dice", float("nan"))
+
+
+class ClassifyStep(ModeStep):
+    """``classify``: cross-entropy on the class logits; selected by balanced accuracy."""
+
+    segments, patches = False, False
+
+    def classification(self, outputs: Any) -> torch.Tensor:
+        """Return ``outputs`` (the model is a classifier)."""
+        return outputs
+
+    def loss(self, outputs: Any, batch: dict[str, Any], epoch: int,
+             device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the cross-entropy and its part ``ce``."""
+        ce = F.cross_entropy(self.classification(outputs).float(), _target(batch, "label", device))
+        return ce, {"ce": float(ce.detach())}
+
+    def score(self, outputs: Any, sample: dict[str, Any]) -> SampleScore:
+        """Return the sample's predicted and true class."""
+        return SampleScore(pred=self._predicted(self.classification(outputs)), truth=int(sample["label"]))
+
+    def val_metric(self, row: dict[str, float]) -> float:
+        """Return ``val_bacc``."""
+        return row.get("val_bacc", float("nan"))
+
+
+class JointStep(ModeStep):
+    """``joint``: segmentation loss + ``lam`` × cross-entropy (:func:`~fetalcmr.losses.joint_loss`);
+    selected by the mean of Dice and balanced accuracy."""
+
+    segments, patches = True, False
+
+    def segmentation(self, outputs: Any) -> torch.Tensor:
+        """Return ``outputs[0]``."""
+        return outputs[0]
+
+    def classification(self, outputs: Any) -> torch.Tensor:
+        """Return ``outputs[1]``."""
+        return outputs[1]
+
+    def loss(self, outputs: Any, batch: dict[str, Any], epoch: int,
+             device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """Return the joint loss and its parts (the segmentation parts and ``ce``)."""
+        seg, parts = self._segment_loss(self.segmentation(outputs), batch, epoch, device)
+        total, ce = joint_loss(seg, self.classification(outputs), _target(batch, "label", device), self.cfg.lam)
+        parts["ce"] = float(ce.detach())
+        return total, parts
+
+    def score(self, outputs: Any, sample: dict[str, Any]) -> SampleScore:
+        """Return the sample's Dice and its predicted and true class."""
+        return SampleScore(dice=self._dice(self.segmentation(outputs), sample),
+                           pred=self._predicted(self.classification(outputs)), truth=int(sample["label"]))
+
+    def val_metric(self, row: dict[str, float]) -> float:
+        """Return the mean of ``val_dice`` and ``val_bacc`` (a missing one counts 0)."""
+        return 0.5 * (row.get("val_dice", 0.0) + row.get("val_bacc", 0.0))
+
+
+#: The step of each training mode.
+STEPS: dict[str, type[ModeStep]] = {"segment": SegmentStep, "classify": ClassifyStep, "joint": JointStep}
+MODES: tuple[str, ...] = tuple(STEPS)
+
+
+def mode_step(cfg: TrainConfig) -> ModeStep:
+    """Return the step of ``cfg.mode`` (a valid mode: :class:`TrainConfig` refuses others)."""
+    return STEPS[cfg.mode](cfg)
 
 
 @torch.no_grad()
@@ -289,53 +432,28 @@ def validate(model: nn.Module, samples: Sequence[dict[str, Any]], cfg: TrainConf
     balanced accuracy for ``classify``, their mean for ``joint``. No ``gt`` is read.
     """
     model.eval()
-    seg_loss = SegmentationLoss(cfg.targets, cfg.binary_weight)
+    step = mode_step(cfg)
     device = next(model.parameters()).device
-    multiple = _divisor(model)
-    losses, dices, preds, truths = [], [], [], []
-    keys = cfg.sample_keys
+    multiple = divisor(model)
+    losses, scores = [], []
     for s in samples:
-        batch = {k: torch.as_tensor(np.asarray(s[k]))[None] for k in keys if k in s}
-        if "label" in s:
-            batch["label"] = torch.tensor([int(s["label"])])
+        batch = _sample_batch(s, cfg.sample_keys)
         out = forward_volume(model, _inputs(batch, device), multiple=multiple, amp=cfg.amp)
-        loss, _ = _loss(cfg, seg_loss, out, batch, epoch, device)
-        losses.append(float(loss))
-        if cfg.mode in ("segment", "joint"):
-            seg = (out[0] if cfg.mode == "joint" else out).argmax(1)[0].cpu()
-            if seg_loss.uses_lp:
-                dices.append(dice_mean(seg, torch.as_tensor(np.asarray(s["lp"][0])).long(),
-                                       range(1, seg_loss_channels(out, cfg))))
-            else:
-                dices.append(dice_mean((seg > 0).long(), torch.as_tensor(np.asarray(s["binary"][0])).long(), [1]))
-        if cfg.mode in ("classify", "joint"):
-            preds.append(int((out[1] if cfg.mode == "joint" else out).argmax(1)[0]))
-            truths.append(int(s["label"]))
+        losses.append(float(step.loss(out, batch, epoch, device)[0]))
+        scores.append(step.score(out, s))
     row: dict[str, float] = {"val_loss": float(np.mean(losses)) if losses else float("nan")}
+    dices = [sc.dice for sc in scores if sc.dice is not None]
+    classified = [sc for sc in scores if sc.pred is not None]
     if dices:
         row["val_dice"] = float(np.mean(dices))
-    if preds:
-        row["val_bacc"] = balanced_accuracy(preds, truths)
-    if cfg.mode == "segment":
-        row["val_metric"] = row.get("val_dice", float("nan"))
-    elif cfg.mode == "classify":
-        row["val_metric"] = row.get("val_bacc", float("nan"))
-    else:
-        row["val_metric"] = 0.5 * (row.get("val_dice", 0.0) + row.get("val_bacc", 0.0))
+    if classified:
+        row["val_bacc"] = balanced_accuracy([sc.truth for sc in classified], [sc.pred for sc in classified])
+    row["val_metric"] = step.val_metric(row)
     return row
-
-
-def seg_loss_channels(out: Any, cfg: TrainConfig) -> int:
-    """Return the number of segmentation channels of ``out``."""
-    return int((out[0] if cfg.mode == "joint" else out).shape[1])
 
 
 # --------------------------------------------------------------------------------------------
 # checkpoints
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
 
 def _save(path: Path, payload: dict[str, Any]) -> None:
@@ -356,6 +474,170 @@ def _write_history(path: Path, rows: list[dict[str, Any]]) -> None:
 # the engine
 
 
+@dataclass
+class _Run:
+    """What one call of :func:`train` works on: model, optimisation state, history and files."""
+
+    cfg: TrainConfig
+    rt: Runtime
+    step: ModeStep
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    out_dir: Path
+    identity: dict[str, Any]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    start_epoch: int = 0
+    best_metric: float = -float("inf")
+    best_epoch: int = 0
+
+    @property
+    def latest_path(self) -> Path:
+        """Everything needed to resume, written after every epoch."""
+        return self.out_dir / "latest.pt"
+
+    @property
+    def best_path(self) -> Path:
+        """Model weights at the best validation metric."""
+        return self.out_dir / "best.pt"
+
+
+def _setup(make_model: Callable[[], nn.Module], cfg: TrainConfig, out_dir: Path, run_key: str) -> _Run:
+    """Return a fresh run: device (and process group), seeded model, optimiser, scheduler, scaler."""
+    rt = runtime()
+    seed_everything(cfg.seed)
+    model = make_model().to(rt.device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(0.0, 1.0 - e / cfg.epochs))
+    use_scaler = cfg.amp and rt.device.type == "cuda" and not torch.cuda.is_bf16_supported()
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    identity = {"run_key": run_key, "config": cfg.to_dict(), "version": CHECKPOINT_VERSION}
+    return _Run(cfg=cfg, rt=rt, step=mode_step(cfg), model=model, optimizer=optimizer, scheduler=scheduler,
+                scaler=scaler, out_dir=out_dir, identity=identity)
+
+
+def _resume(run: _Run) -> None:
+    """Load ``latest.pt`` into ``run`` (weights, optimisation and RNG state, history) if it is this run's."""
+    if not run.latest_path.exists():
+        return
+    ckpt = load_checkpoint(run.latest_path, run.rt.device)
+    if ckpt.get("identity") != run.identity:
+        return
+    run.model.load_state_dict(ckpt["model"])
+    run.optimizer.load_state_dict(ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    run.scaler.load_state_dict(ckpt["scaler"])
+    run.start_epoch, run.history = int(ckpt["epoch"]), list(ckpt["history"])
+    run.best_metric, run.best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
+    _set_rng_state(ckpt["rng"])
+
+
+def _wrap(run: _Run) -> nn.Module:
+    """Return the module the training steps call: the model, in DDP when distributed."""
+    if not run.rt.distributed:
+        return run.model
+    device_ids = [run.rt.device.index] if run.rt.device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(run.model, device_ids=device_ids)
+
+
+def _augmentation(cfg: TrainConfig, step: ModeStep, sample: dict[str, Any]) -> Any:
+    """Return the training augmentation of the keys ``sample`` has (random patches where the mode allows)."""
+    if not (cfg.aug_prob > 0 or cfg.patch):
+        return None
+    return augmentation(cfg.aug_prob, [k for k in cfg.sample_keys if k in sample],
+                        patch=cfg.patch if step.patches else None)
+
+
+def _epoch_loader(run: _Run, samples: Sequence[dict[str, Any]], pipeline: Any, epoch: int) -> DataLoader:
+    """Return this rank's share of ``epoch``'s class-balanced draw (the same draw on every rank)."""
+    cfg, rt = run.cfg, run.rt
+    labels = [int(s.get("label", 0)) for s in samples]
+    indices = balanced_indices(labels, seed=cfg.seed, epoch=epoch, rank=rt.rank, world_size=rt.world_size,
+                               balanced=cfg.balanced)
+    ds = EpochDataset(samples, indices, pipeline, (*cfg.sample_keys, "label"), seed=cfg.seed, epoch=epoch,
+                      rank=rt.rank)
+    workers = cfg.num_workers if cfg.num_workers is not None else (
+        min(4, max(available_cores() // rt.world_size - 1, 0)) if rt.device.type == "cuda" else 0)
+    return DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
+                      pin_memory=rt.device.type == "cuda", persistent_workers=False)
+
+
+def _train_epoch(run: _Run, net: nn.Module, loader: DataLoader, epoch: int) -> tuple[dict[str, float], float]:
+    """Take one epoch of optimiser steps; return the mean loss and parts (over batches and ranks) and the lr."""
+    net.train()
+    sums: dict[str, float] = {}
+    n_batches = 0
+    for batch in loader:
+        run.optimizer.zero_grad(set_to_none=True)
+        with _autocast(run.rt.device, run.cfg.amp):
+            outputs = net(_inputs(batch, run.rt.device))
+        loss, parts = run.step.loss(outputs, batch, epoch, run.rt.device)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        for k, v in {"loss": float(loss.detach()), **parts}.items():
+            sums[k] = sums.get(k, 0.0) + v
+        n_batches += 1
+    means = {k: v / max(n_batches, 1) for k, v in sums.items()}
+    if run.rt.distributed:
+        names = sorted(means)
+        t = torch.tensor([means[k] for k in names], dtype=torch.float64, device=run.rt.device)
+        dist.all_reduce(t)
+        means = dict(zip(names, (t / run.rt.world_size).tolist(), strict=True))
+    lr_used = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    return means, lr_used
+
+
+def _epoch_row(run: _Run, epoch: int, means: dict[str, float], lr_used: float,
+               val_samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Return ``epoch``'s history row: training means, learning rate and, when due, validation.
+
+    Without validation samples the selection metric is minus the training loss.
+    """
+    cfg = run.cfg
+    row: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}" if k != "binary_weight" else k: v
+                                                  for k, v in means.items()}, "lr": lr_used}
+    if val_samples and ((epoch + 1) % cfg.val_every == 0 or epoch + 1 == cfg.epochs):
+        row.update(validate(run.model, val_samples, cfg, epoch))
+    elif not val_samples:
+        row["val_metric"] = -means.get("loss", 0.0)
+    return row
+
+
+def _record_epoch(run: _Run, epoch: int, row: dict[str, Any]) -> None:
+    """Append ``row`` to the history; write ``best.pt`` if the metric improved, ``latest.pt``, ``history.csv``."""
+    run.history.append(row)
+    metric = row.get("val_metric")
+    if metric is not None and np.isfinite(metric) and metric > run.best_metric:
+        run.best_metric, run.best_epoch = float(metric), epoch + 1
+        _save(run.best_path, {"identity": run.identity, "model": run.model.state_dict(), "epoch": epoch + 1,
+                              "metric": run.best_metric})
+    _save(run.latest_path, {
+        "identity": run.identity, "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(), "epoch": epoch + 1,
+        "history": run.history, "best_metric": run.best_metric, "best_epoch": run.best_epoch,
+        "rng": _rng_state(),
+    })
+    _write_history(run.out_dir / "history.csv", run.history)
+
+
+def _select(run: _Run) -> TrainResult:
+    """Give every rank rank 0's history and best epoch, load the selected weights, return the result."""
+    if run.rt.distributed:
+        payload = [run.history, run.best_metric, run.best_epoch]
+        dist.broadcast_object_list(payload, src=0)
+        run.history, run.best_metric, run.best_epoch = payload
+    if run.cfg.select == "best" and run.best_path.exists():
+        best = load_checkpoint(run.best_path, run.rt.device)
+        if best.get("identity") == run.identity:
+            run.model.load_state_dict(best["model"])
+    run.model.eval()
+    return TrainResult(model=run.model, history=pd.DataFrame(run.history), out_dir=run.out_dir,
+                       best_epoch=run.best_epoch, best_metric=run.best_metric, resumed_from=run.start_epoch)
+
+
 def train(make_model: Callable[[], nn.Module], train_samples: Sequence[dict[str, Any]],
           val_samples: Sequence[dict[str, Any]], cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
           run_key: str = "", progress: bool = True,
@@ -369,118 +651,27 @@ def train(make_model: Callable[[], nn.Module], train_samples: Sequence[dict[str,
     rank 0 after each epoch's checkpoint (e.g. to stop early). The model is built after seeding
     with ``cfg.seed``, so the initial weights are reproducible.
     """
-    rt = runtime()
-    out_dir = Path(out_dir)
-    latest_path, best_path, history_path = out_dir / "latest.pt", out_dir / "best.pt", out_dir / "history.csv"
-    identity = {"run_key": run_key, "config": cfg.to_dict(), "version": CHECKPOINT_VERSION}
-
-    seed_everything(cfg.seed)
-    model = make_model().to(rt.device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(0.0, 1.0 - e / cfg.epochs))
-    use_scaler = cfg.amp and rt.device.type == "cuda" and not torch.cuda.is_bf16_supported()
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-
-    history: list[dict[str, Any]] = []
-    start_epoch, best_metric, best_epoch = 0, -float("inf"), 0
-    if latest_path.exists():
-        ckpt = load_checkpoint(latest_path, rt.device)
-        if ckpt.get("identity") == identity:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-            scheduler.load_state_dict(ckpt["scheduler"])
-            scaler.load_state_dict(ckpt["scaler"])
-            start_epoch, history = int(ckpt["epoch"]), list(ckpt["history"])
-            best_metric, best_epoch = float(ckpt["best_metric"]), int(ckpt["best_epoch"])
-            _set_rng_state(ckpt["rng"])
-    resumed_from = start_epoch
-
-    net: nn.Module = model
-    if rt.distributed:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
-    seg_loss = SegmentationLoss(cfg.targets, cfg.binary_weight)
-    pipeline = augmentation(cfg.aug_prob, [k for k in cfg.sample_keys if k in train_samples[0]],
-                            patch=cfg.patch if cfg.mode == "segment" else None) if cfg.aug_prob > 0 or cfg.patch \
-        else None
-    labels = [int(s.get("label", 0)) for s in train_samples]
-    workers = cfg.num_workers if cfg.num_workers is not None else (
-        min(4, max(available_cores() // rt.world_size - 1, 0)) if rt.device.type == "cuda" else 0)
-    bar = tqdm(range(start_epoch, cfg.epochs), initial=start_epoch, total=cfg.epochs,
-               desc=f"{cfg.mode} {out_dir.name}", disable=not (progress and rt.is_main), leave=False)
+    run = _setup(make_model, cfg, Path(out_dir), run_key)
+    _resume(run)
+    net = _wrap(run)
+    pipeline = _augmentation(cfg, run.step, train_samples[0])
+    bar = tqdm(range(run.start_epoch, cfg.epochs), initial=run.start_epoch, total=cfg.epochs,
+               desc=f"{cfg.mode} {run.out_dir.name}", disable=not (progress and run.rt.is_main), leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        net.train()
-        indices = balanced_indices(labels, seed=cfg.seed, epoch=epoch, rank=rt.rank,
-                                   world_size=rt.world_size, balanced=cfg.balanced)
-        ds = EpochDataset(train_samples, indices, pipeline, (*cfg.sample_keys, "label"), seed=cfg.seed,
-                          epoch=epoch, rank=rt.rank)
-        loader = DataLoader(ds, batch_size=cfg.batch_size, shuffle=False, num_workers=workers,
-                            pin_memory=rt.device.type == "cuda", persistent_workers=False)
-        sums: dict[str, float] = {}
-        n_batches = 0
-        for batch in loader:
-            optimizer.zero_grad(set_to_none=True)
-            with _autocast(rt.device, cfg.amp):
-                outputs = net(_inputs(batch, rt.device))
-            loss, parts = _loss(cfg, seg_loss, outputs, batch, epoch, rt.device)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            parts = {"loss": float(loss.detach()), **parts}
-            for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v
-            n_batches += 1
-        means = {k: v / max(n_batches, 1) for k, v in sums.items()}
-        if rt.distributed:
-            names = sorted(means)
-            t = torch.tensor([means[k] for k in names], dtype=torch.float64, device=rt.device)
-            dist.all_reduce(t)
-            means = dict(zip(names, (t / rt.world_size).tolist(), strict=True))
-        lr_used = scheduler.get_last_lr()[0]
-        scheduler.step()
-        row: dict[str, Any] = {"epoch": epoch + 1, **{f"train_{k}" if k != "binary_weight" else k: v
-                                                      for k, v in means.items()}, "lr": lr_used}
-        last = epoch + 1 == cfg.epochs
-        if rt.is_main:
-            if val_samples and ((epoch + 1) % cfg.val_every == 0 or last):
-                row.update(validate(model, val_samples, cfg, epoch))
-            elif not val_samples:
-                row["val_metric"] = -means.get("loss", 0.0)
+        means, lr_used = _train_epoch(run, net, _epoch_loader(run, train_samples, pipeline, epoch), epoch)
+        if run.rt.is_main:
+            row = _epoch_row(run, epoch, means, lr_used, val_samples)
             row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            metric = row.get("val_metric")
-            if metric is not None and np.isfinite(metric) and metric > best_metric:
-                best_metric, best_epoch = float(metric), epoch + 1
-                _save(best_path, {"identity": identity, "model": model.state_dict(), "epoch": epoch + 1,
-                                  "metric": best_metric})
-            _save(latest_path, {
-                "identity": identity, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "epoch": epoch + 1,
-                "history": history, "best_metric": best_metric, "best_epoch": best_epoch,
-                "rng": _rng_state(),
-            })
-            _write_history(history_path, history)
+            _record_epoch(run, epoch, row)
             bar.set_postfix(loss=f"{means.get('loss', float('nan')):.3f}",
                             val=f"{row.get('val_metric', float('nan')):.3f}")
             if callback is not None:
                 callback(epoch + 1, row)
-        if rt.distributed:
+        if run.rt.distributed:
             dist.barrier()
     bar.close()
-
-    if rt.distributed:
-        # every rank returns the same history and selected weights
-        payload = [history, best_metric, best_epoch]
-        dist.broadcast_object_list(payload, src=0)
-        history, best_metric, best_epoch = payload
-    if cfg.select == "best" and best_path.exists():
-        best = load_checkpoint(best_path, rt.device)
-        if best.get("identity") == identity:
-            model.load_state_dict(best["model"])
-    model.eval()
-    return TrainResult(model=model, history=pd.DataFrame(history), out_dir=out_dir, best_epoch=best_epoch,
-                       best_metric=best_metric, resumed_from=resumed_from)
+    return _select(run)
 
 
 def read_history(out_dir: str | os.PathLike[str]) -> pd.DataFrame:

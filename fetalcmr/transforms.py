@@ -1,4 +1,4 @@
-"""MONAI augmentation pipelines of the reference (DESIGN §5) and a vessel-biased patch crop.
+"""MONAI augmentation pipelines of the reference (docs/design.md §4) and a vessel-biased patch crop.
 
 Intensity augmentations (shift, Gaussian smooth/noise/sharpen, histogram shift, contrast, bias
 field) act on the ``image`` key only; the random affine and the crop act on every spatial key

@@ -1,11 +1,13 @@
-"""Shared fixtures: small NIfTI datasets written to a temporary folder."""
+"""Shared fixtures: small NIfTI datasets written to a temporary folder, and the session's smoke run
+of every notebook."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import gt_spy
 import numpy as np
 import pytest
 
@@ -14,6 +16,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 from fetalcmr.anatomy import CLASSES, LABELS  # noqa: E402
 from fetalcmr.dataset import write_dataset  # noqa: E402
 from fetalcmr.io import save_nifti  # noqa: E402
+
+if TYPE_CHECKING:
+    from fetalcmr.runner import StageResult
 
 
 def make_item(folder: Path, sid: str, cls: int, shape: tuple[int, int, int] = (12, 12, 12),
@@ -47,3 +52,29 @@ def tiny_dataset(tmp_path: Path) -> Path:
     path = tmp_path / "dataset.json"
     write_dataset(path, data)
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[StageResult], Path]:
+    """Every notebook run once at the smoke profile: ``(one result per notebook, root folder)``.
+
+    Notebooks 00–01 run first. The later notebooks then run while the training and validation
+    subjects' ``gt`` files hold garbage and the ``gt_spy`` is armed in their kernels (in
+    ``root/gt_spy``: the forbidden list, the spy's log, and ``rewritten.json``); the files are
+    restored afterwards. One run serves the notebook tests and the weak-supervision invariant
+    (tests/test_weak_supervision.py).
+    """
+    from fetalcmr.dataset import read_dataset
+    from fetalcmr.runner import list_notebooks, run_pipeline
+
+    root = tmp_path_factory.mktemp("smoke")
+    dirs = {"run_dir": str(root / "run"), "figures_dir": str(root / "figures")}
+    first = run_pipeline("smoke", only=["00", "01"], **dirs)
+    cohort = read_dataset(root / "run" / "cohort" / "dataset.json")
+    later = [nb.name[:2] for nb in list_notebooks() if nb.name[:2] > "01"]
+    spy = root / "gt_spy"
+    with gt_spy.corrupted_truth(cohort, spy / "rewritten.json") as forbidden, pytest.MonkeyPatch.context() as mp:
+        for key, value in gt_spy.kernel_env(forbidden, spy).items():
+            mp.setenv(key, value)
+        rest = run_pipeline("smoke", only=later, **dirs)
+    return [*first, *rest], root

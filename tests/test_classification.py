@@ -21,14 +21,12 @@ from fetalcmr.classification import (
     classification_samples,
     confusion_cases,
     input_channels,
-    load_softmax,
     min_classifier_grid,
     per_class_table,
     pooled_confusion,
     pooled_reliability,
     run_experiments,
     run_scores,
-    save_softmax,
     segmenter_softmax,
     stack_inputs,
     summary_table,
@@ -140,7 +138,7 @@ def tiny_split() -> dict[str, list[dict[str, Any]]]:
     return {k: classification_samples(v, soft, grid=TINY.grid) for k, v in raw.items()}
 
 
-def test_segmenter_softmax_is_a_distribution_on_the_classifier_grid(tmp_path: Path) -> None:
+def test_segmenter_softmax_is_a_distribution_on_the_classifier_grid() -> None:
     torch.manual_seed(0)
     seg = make_segmenter(SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.0))
     samples = _samples(2)
@@ -149,10 +147,6 @@ def test_segmenter_softmax_is_a_distribution_on_the_classifier_grid(tmp_path: Pa
     for v in soft.values():
         assert v.shape == (12, 8, 8, 8) and v.dtype == np.float32
         np.testing.assert_allclose(v.sum(0), 1.0, atol=1e-5)
-    save_softmax(tmp_path / "soft.npz", soft)
-    back = load_softmax(tmp_path / "soft.npz")
-    for k in soft:
-        np.testing.assert_allclose(back[k], soft[k], atol=1e-3)  # stored as float16
     with pytest.raises(KeyError, match="no segmenter softmax"):
         classification_samples(_samples(1, seed=9), soft, grid=8)
 
@@ -213,10 +207,11 @@ def test_benchmark_reports_every_input_type() -> None:
 
 def test_stored_softmax_is_read_and_pooled_only_when_complete(tmp_path: Path) -> None:
     from fetalcmr.classification import stored_softmax
+    from fetalcmr.predict import save_softmax, softmax_file
 
     soft = np.random.default_rng(0).dirichlet(np.ones(12), size=(16, 16, 16)).transpose(3, 0, 1, 2)
     for i in ("a", "b"):
-        np.savez_compressed(tmp_path / f"{i}.npz", softmax=soft.astype(np.float16), affine=np.eye(4))
+        save_softmax(softmax_file(tmp_path, i), soft, np.eye(4))
     assert stored_softmax(tmp_path, ["a", "b"], grid=8) is None  # no completion record
     (tmp_path / "done.json").write_text("{}")
     assert stored_softmax(tmp_path, ["a", "c"], grid=8) is None  # a subject missing
@@ -224,3 +219,40 @@ def test_stored_softmax_is_read_and_pooled_only_when_complete(tmp_path: Path) ->
     assert out is not None and out["a"].shape == (12, 8, 8, 8)
     np.testing.assert_allclose(out["a"].sum(0), 1.0, atol=1e-2)
     np.testing.assert_allclose(out["b"][:, 0, 0, 0], soft[:, :2, :2, :2].mean(axis=(1, 2, 3)), atol=1e-3)
+
+
+class _NoSegmenter(torch.nn.Module):
+    """Stands in for a segmenter that must not run (the softmax has to come from files)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the segmenter ran although its softmax was stored")
+
+
+def test_prepare_classification_stores_and_rereads_the_softmax_per_subject(tiny_dataset: Path,
+                                                                           tmp_path: Path) -> None:
+    from fetalcmr.classification import prepare_classification
+    from fetalcmr.data import make_samples
+    from fetalcmr.dataset import read_dataset
+    from fetalcmr.predict import SOFTMAX_DONE
+    from fetalcmr.segmentation import save_softmax_files
+
+    data = read_dataset(tiny_dataset)
+    ids = [it["id"] for split in ("training", "validation", "testing") for it in data[split]]
+    torch.manual_seed(0)
+    seg = make_segmenter(SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.0))
+    kw: dict[str, Any] = dict(segmenter_key="seg", cfg=TINY, grid=None, spacing_mm=None, progress=False)
+    first = prepare_classification(data, seg, cache_dir=tmp_path / "cache", **kw)
+    assert sorted(p.name for p in first.softmax_dir.iterdir()) == sorted([f"{i}.npz" for i in ids] + [SOFTMAX_DONE])
+
+    def extras(prep: Any) -> np.ndarray:
+        return np.stack([s["extra"] for split in ("training", "validation", "testing") for s in prep.samples[split]])
+
+    assert extras(first).shape == (len(ids), 12, 8, 8, 8)  # pooled from 12³ to the classifier grid
+    again = prepare_classification(data, _NoSegmenter(), cache_dir=tmp_path / "cache", **kw)
+    np.testing.assert_array_equal(extras(again), extras(first).astype(np.float16).astype(np.float32))
+    # notebook 02's full-grid softmax files (same format) feed a fresh cache without running the segmenter
+    folder = save_softmax_files(seg, make_samples(data["training"] + data["validation"] + data["testing"],
+                                                  ("image",), grid=None, spacing_mm=None), tmp_path / "nb02")
+    (folder / SOFTMAX_DONE).write_text("{}")
+    stored = prepare_classification(data, _NoSegmenter(), cache_dir=tmp_path / "cache2", softmax_dir=folder, **kw)
+    np.testing.assert_allclose(extras(stored), extras(first), atol=2e-3)  # float16 before pooling

@@ -74,6 +74,16 @@ def test_case_figure_scenes_traces_and_cameras() -> None:
         gallery.case_figure({}, SPACING)
 
 
+def test_scene_titles_take_the_registry_colour_of_a_method() -> None:
+    from fetalcmr.methods import METHODS
+
+    fig = gallery.case_figure({"LP": _tubes(), "LP+manual": _tubes(), "a sketch": _tubes()}, SPACING)
+    fonts = {a["text"]: a["font"] for a in fig["layout"]["annotations"]}
+    assert fonts["<b>LP</b>"]["color"] == METHODS["lp"].colour
+    assert fonts["<b>LP+manual</b>"]["color"] == METHODS["net_lp_manual"].colour
+    assert "color" not in fonts["<b>a sketch</b>"]
+
+
 def test_gallery_rejects_bad_cases(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="needs 'id' and 'labelmaps'"):
         gallery.write_gallery(tmp_path, [{"id": "x"}], spacing_mm=SPACING)

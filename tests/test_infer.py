@@ -15,23 +15,32 @@ import pytest
 import torch
 
 from fetalcmr.anatomy import CLASSES, LABELS
-from fetalcmr.bundle import BUNDLE_FILE, BundleError, build_joint, export_bundle, load_bundle
+from fetalcmr.bundle import BUNDLE_FILE, BundleError, export_bundle, load_bundle
 from fetalcmr.cli import main as cli_main
 from fetalcmr.config import get_profile
 from fetalcmr.infer import collect_cases, infer
+from fetalcmr.io import Volume, resample_labels
+from fetalcmr.joint import build_joint
 
 KIND = "softmax+image"
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[torch.nn.Module]]:
+    """A two-member bundle of untrained smoke-profile networks and the in-memory members it was made from."""
     prof = get_profile("smoke")
     torch.manual_seed(0)
     members = [build_joint(prof.segmenter, prof.classifier, KIND) for _ in range(2)]
-    return export_bundle(tmp_path_factory.mktemp("bundle"), members, segmenter=prof.segmenter,
-                         classifier=prof.classifier, kind=KIND, grid=prof.cohort.grid,
-                         spacing_mm=prof.cohort.spacing_mm, labels=dict(LABELS), classes=dict(CLASSES),
-                         provenance={"test": True})
+    folder = export_bundle(tmp_path_factory.mktemp("bundle"), members, segmenter=prof.segmenter,
+                           classifier=prof.classifier, kind=KIND, grid=prof.cohort.grid,
+                           spacing_mm=prof.cohort.spacing_mm, labels=dict(LABELS), classes=dict(CLASSES),
+                           provenance={"test": True})
+    return folder, members
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(exported: tuple[Path, list[torch.nn.Module]]) -> Path:
+    return exported[0]
 
 
 def _volume(path: Path, shape=(40, 36, 30), spacing=(1.3, 1.1, 1.7), flip_x=True, seed=0) -> Path:
@@ -46,14 +55,20 @@ def _volume(path: Path, shape=(40, 36, 30), spacing=(1.3, 1.1, 1.7), flip_x=True
     return path
 
 
-def test_bundle_round_trip_gives_identical_outputs(bundle_dir: Path) -> None:
-    bundle = load_bundle(bundle_dir, labels=dict(LABELS), classes=dict(CLASSES))
+def test_bundle_round_trip_gives_identical_outputs(exported: tuple[Path, list[torch.nn.Module]]) -> None:
+    """Each loaded member computes exactly what the in-memory network it was exported from computes."""
+    folder, originals = exported
+    bundle = load_bundle(folder, labels=dict(LABELS), classes=dict(CLASSES))
     assert len(bundle.members) == 2 and bundle.grid == get_profile("smoke").cohort.grid
-    again = load_bundle(bundle_dir)
-    x = torch.rand(1, 1, *(bundle.grid,) * 3)
+    x = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))  # any divisible size will do
     with torch.no_grad():
-        a, b = bundle.members[0](x), again.members[0](x)
-    torch.testing.assert_close(a[1], b[1])
+        want = [m.eval()(x) for m in originals]
+        got = [m(x) for m in bundle.members]
+    for (seg, cls), (seg_want, cls_want) in zip(got, want, strict=True):
+        torch.testing.assert_close(seg, seg_want, rtol=0, atol=0)
+        torch.testing.assert_close(cls, cls_want, rtol=0, atol=0)
+    # the two members differ, so a mix-up of members would show too
+    assert not torch.allclose(want[0][0], want[1][0])
 
 
 def _copy_bundle(src: Path, dst: Path) -> Path:
@@ -88,6 +103,57 @@ def test_bundle_refused_for_other_label_map(bundle_dir: Path) -> None:
         load_bundle(bundle_dir, labels=other)
 
 
+def _blobs(path: Path, shape: tuple[int, int, int] = (40, 36, 30)) -> tuple[Path, dict[int, np.ndarray]]:
+    """An oblique-free but flipped, anisotropic volume with two off-centre boxes of different brightness.
+
+    Returns the file and ``{label: mask}`` in the volume's own voxels (4: the brightest box, 6: the dimmer).
+    """
+    rng = np.random.default_rng(0)
+    arr = rng.normal(0.0, 0.02, shape).astype(np.float32)
+    masks = {4: np.zeros(shape, bool), 6: np.zeros(shape, bool)}
+    masks[4][5:15, 6:16, 4:12] = True  # off-centre along every axis: any flipped axis moves it
+    masks[6][24:34, 20:30, 16:26] = True
+    arr[masks[4]], arr[masks[6]] = 1.0, 0.5
+    affine = np.diag([-1.3, -1.1, 1.7, 1.0])  # x and y reversed (LPS-like), anisotropic voxels
+    affine[:3, 3] = [12.0, -7.0, 3.0]
+    nib.save(nib.Nifti1Image(arr, affine), str(path))
+    return path, masks
+
+
+def test_labels_land_where_the_anatomy_is_in_the_inputs_grid(bundle_dir: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Labels predicted on the model grid come back onto the same structures in the input's own grid.
+
+    The network is replaced by a rule that labels the model-grid image by brightness (4: bright
+    box, 6: dim box), so the written label map must reproduce the boxes drawn in the input's voxels:
+    reorientation, resampling to the bundle grid and back all have to agree.
+    """
+    import fetalcmr.infer as infer_mod
+
+    path, masks = _blobs(tmp_path / "blobs.nii.gz")
+    seen: list[tuple[int, ...]] = []
+
+    def by_brightness(bundle: object, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        seen.append(image.shape)
+        lab = np.zeros(image.shape, np.uint8)
+        lab[image > 0.3 * image.max()] = 6
+        lab[image > 0.75 * image.max()] = 4
+        return lab, np.array([0.2, 0.3, 0.5]), 2
+
+    monkeypatch.setattr(infer_mod, "predict", by_brightness)
+    infer(path, bundle_dir, tmp_path / "out", progress=False)
+    grid = get_profile("smoke").cohort.grid
+    assert seen == [(grid,) * 3]
+    written = nib.load(str(tmp_path / "out" / "blobs_labels.nii.gz"))
+    np.testing.assert_allclose(written.affine, nib.load(str(path)).affine, atol=1e-5)
+    labels = np.asarray(written.dataobj)
+    assert labels.shape == masks[4].shape
+    for label, mask in masks.items():
+        got = labels == label
+        dice = 2 * (got & mask).sum() / (got.sum() + mask.sum())
+        assert dice > 0.95, (label, dice)  # measured 1.0 for both
+
+
 def test_infer_writes_back_in_the_inputs_grid_and_affine(bundle_dir: Path, tmp_path: Path) -> None:
     src = tmp_path / "in"
     src.mkdir()
@@ -109,14 +175,12 @@ def test_infer_writes_back_in_the_inputs_grid_and_affine(bundle_dir: Path, tmp_p
 
 def test_write_back_preserves_position(bundle_dir: Path, tmp_path: Path) -> None:
     """A label at a world position lands at the same world position in the input grid."""
-    from fetalcmr.infer import to_input_grid
-
     image = nib.Nifti1Image(np.zeros((20, 20, 20), np.float32), np.diag([-1.0, 1.0, 2.0, 1.0]))
     model_affine = np.diag([0.5, 0.5, 0.5, 1.0])
     model_affine[:3, 3] = [-10.0, 0.0, 0.0]
     lab = np.zeros((40, 40, 40), np.uint8)
     lab[10:14, 10:14, 20:24] = 4  # world x in [-5, -3], y in [5, 7], z in [10, 12]
-    back = to_input_grid(lab, model_affine, image)
+    back = resample_labels(Volume(lab, model_affine), image.affine, image.shape)
     idx = np.argwhere(back == 4)
     world = (image.affine @ np.c_[idx, np.ones(len(idx))].T).T[:, :3]
     assert world[:, 0].min() >= -5.5 and world[:, 0].max() <= -2.5
@@ -168,13 +232,26 @@ def test_missing_input_duplicate_ids_and_malformed_json(tmp_path: Path) -> None:
         collect_cases(ds)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores folder permissions")
-def test_read_only_output_folder(bundle_dir: Path, tmp_path: Path) -> None:
+def test_read_only_output_folder(bundle_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
     src = _volume(tmp_path / "a.nii.gz")
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(stat.S_IRUSR | stat.S_IXUSR)
-    assert cli_main(["infer", str(src), "--bundle", str(bundle_dir), "--out", str(out)]) == 2
+    if os.geteuid() == 0:
+        # root may write anywhere: make os.access answer from the permission bits, as for a normal user
+        def by_mode_bits(path: str | os.PathLike[str], mode: int, **kw: object) -> bool:
+            need = ((stat.S_IRUSR if mode & os.R_OK else 0) | (stat.S_IWUSR if mode & os.W_OK else 0)
+                    | (stat.S_IXUSR if mode & os.X_OK else 0))
+            return os.stat(path).st_mode & need == need
+
+        monkeypatch.setattr(os, "access", by_mode_bits)
+    try:
+        assert cli_main(["infer", str(src), "--bundle", str(bundle_dir), "--out", str(out)]) == 2
+        assert f"{out}: output folder is not writable" in capsys.readouterr().err
+        assert not any(out.iterdir())
+    finally:
+        out.chmod(stat.S_IRWXU)
 
 
 def test_output_path_that_cannot_be_a_folder(bundle_dir: Path, tmp_path: Path,
@@ -187,10 +264,21 @@ def test_output_path_that_cannot_be_a_folder(bundle_dir: Path, tmp_path: Path,
 
 
 def test_export_copies_a_loadable_bundle_and_refuses_a_broken_one(bundle_dir: Path, tmp_path: Path) -> None:
+    from fetalcmr.joint import CLASS_PREDICTIONS_CSV, SEG_METRICS_CSV, STAGE
+    from fetalcmr.paths import RunPaths
+
     run = tmp_path / "run"
     (run / "models").mkdir(parents=True)
     _copy_bundle(bundle_dir, run / "models" / "bundle")
     out = tmp_path / "exported"
+    # the bundle alone is not a finished stage 04: export names the notebook to run
+    assert cli_main(["export", "--run-dir", str(run), "--out", str(out)]) == 3
+    assert not out.exists()
+    paths = RunPaths(run)  # what notebook 04 writes besides the bundle (no runs recorded here)
+    paths.results_dir.mkdir(parents=True)
+    for name in (SEG_METRICS_CSV, CLASS_PREDICTIONS_CSV):
+        (paths.results_dir / name).write_text("id\n")
+    paths.outputs_record(STAGE).write_text(json.dumps({"runs": [], "ensemble_members": [], "sweep": []}))
     assert cli_main(["export", "--run-dir", str(run), "--out", str(out)]) == 0
     assert load_bundle(out).info["provenance"]["commit"]
     (run / "models" / "bundle" / "member0_classifier.pt").write_bytes(b"broken")

@@ -18,10 +18,10 @@ from fetalcmr.classification import build_classifier
 from fetalcmr.config import ClassifierConfig, JointConfig, SegmenterConfig
 from fetalcmr.io import load_nifti
 from fetalcmr.joint import (
+    build_joint,
     comparison_table,
     fine_tune,
     joint_train_config,
-    make_joint,
     paired_test,
     paired_tests,
     per_label_table,
@@ -38,7 +38,8 @@ CLS = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_confi
 
 def _pair(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    return make_joint(SEG, make_segmenter(SEG).state_dict(), CLS, build_classifier(CLS, "softmax+image").state_dict())
+    return build_joint(SEG, CLS, seg_state=make_segmenter(SEG).state_dict(),
+                       cls_state=build_classifier(CLS, "softmax+image").state_dict())
 
 
 def test_joint_loss_equals_seg_plus_lambda_ce_on_known_tensors() -> None:
@@ -53,36 +54,44 @@ def test_joint_loss_equals_seg_plus_lambda_ce_on_known_tensors() -> None:
     assert float(total) == pytest.approx(0.75 + 5 * expected_ce)
 
 
-def _grads(lam: float) -> tuple[torch.nn.Module, float, float]:
+def _grads(lam: float | None) -> tuple[list[torch.Tensor], list[torch.Tensor | None]]:
+    """Back-propagate ``joint_loss``'s own total (``lam=None``: the segmentation loss alone) through a
+    fixed joint pair on a fixed batch; return (segmenter gradients, classifier gradients)."""
     model = _pair()
     model.train()
-    image = torch.rand(2, 1, 16, 16, 16)
+    image = torch.rand(2, 1, 16, 16, 16, generator=torch.Generator().manual_seed(1))
+    lp = torch.zeros(2, 16, 16, 16, dtype=torch.long)
+    lp[:, 4:8, 4:8, 2:-2] = 4
     seg_logits, cls_logits = model(image)
-    _, ce = joint_loss(torch.zeros(()), cls_logits, torch.tensor([0, 2]), lam)
-    (lam * ce).backward()
-    seg_grad = sum(float(p.grad.abs().sum()) for p in model.segmenter.parameters() if p.grad is not None)
-    cls_grad = sum(float(p.grad.abs().sum()) for p in model.classifier.parameters() if p.grad is not None)
-    return model, seg_grad, cls_grad
+    seg, _ = SegmentationLoss("lp+binary")(seg_logits, lp=lp, binary=(lp > 0).long(), epoch=0)
+    total = seg if lam is None else joint_loss(seg, cls_logits, torch.tensor([0, 2]), lam)[0]
+    total.backward()
+    seg_grads = [torch.zeros_like(p) if p.grad is None else p.grad.clone() for p in model.segmenter.parameters()]
+    return seg_grads, [p.grad for p in model.classifier.parameters()]
+
+
+def _moved(grads: list[torch.Tensor | None]) -> float:
+    return sum(float(g.abs().sum()) for g in grads if g is not None)
 
 
 def test_classification_gradients_reach_the_segmenter_only_when_lambda_is_positive() -> None:
-    _, seg_grad, cls_grad = _grads(14.0)
-    assert seg_grad > 0 and cls_grad > 0
-    _, seg_grad0, cls_grad0 = _grads(0.0)
-    assert seg_grad0 == 0.0 and cls_grad0 == 0.0
-    # with the segmentation loss alone, the classifier receives nothing
-    model = _pair()
-    seg_logits, _ = model(torch.rand(1, 1, 16, 16, 16))
-    loss, _ = SegmentationLoss("lp+binary")(seg_logits, lp=torch.zeros(1, 16, 16, 16),
-                                            binary=torch.zeros(1, 16, 16, 16), epoch=0)
-    loss.backward()
-    assert all(p.grad is None or float(p.grad.abs().sum()) == 0 for p in model.classifier.parameters())
+    seg_only, cls_seg_only = _grads(None)
+    assert _moved(seg_only) > 0 and _moved(cls_seg_only) == 0.0  # the seg loss alone never reaches the classifier
+    seg14, cls14 = _grads(14.0)
+    assert _moved(cls14) > 0
+    # the λ·CE term adds to the segmenter's gradient: it differs from the segmentation loss's alone
+    extra = sum(float((a - b).abs().sum()) for a, b in zip(seg14, seg_only, strict=True))
+    assert extra > 1e-3 * _moved(seg_only)
+    seg0, cls0 = _grads(0.0)
+    assert _moved(cls0) == 0.0
+    for a, b in zip(seg0, seg_only, strict=True):
+        torch.testing.assert_close(a, b)
 
 
 def test_joint_pair_starts_from_the_given_weights() -> None:
     torch.manual_seed(3)
     seg, cls = make_segmenter(SEG), build_classifier(CLS, "softmax+image")
-    pair = make_joint(SEG, seg.state_dict(), CLS, cls.state_dict())
+    pair = build_joint(SEG, CLS, seg_state=seg.state_dict(), cls_state=cls.state_dict())
     for a, b in zip(seg.state_dict().values(), pair.segmenter.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     x = torch.rand(1, 1, 16, 16, 16)
@@ -91,13 +100,18 @@ def test_joint_pair_starts_from_the_given_weights() -> None:
         s = seg(x)
         expected = cls(torch.cat([torch.softmax(s, 1), x], 1))
         torch.testing.assert_close(pair(x)[1], expected)
+    # without weights (a bundle loads them afterwards): freshly initialised, reading the given input kind
+    fresh = build_joint(SEG, CLS, "image")
+    assert fresh.classifier[0].kind == "image" and fresh.with_image
+    assert any(not torch.equal(a, b) for a, b in zip(seg.state_dict().values(), fresh.segmenter.state_dict().values(),
+                                                      strict=True))
 
 
 def test_train_config_is_joint_with_lambda_and_last_weights() -> None:
     cfg = joint_train_config(JointConfig(lr=2e-4, batch_size=3), SEG, lam=5.0, epochs=2, seed=4)
     assert (cfg.mode, cfg.lam, cfg.epochs, cfg.seed, cfg.select, cfg.lr, cfg.batch_size) == \
         ("joint", 5.0, 2, 4, "last", 2e-4, 3)
-    assert cfg.targets == "lp+binary" and "gt" not in cfg.sample_keys
+    assert cfg.targets == "lp+binary"
 
 
 def test_fine_tuning_keeps_the_binary_weight_the_segmenter_ended_with() -> None:

@@ -105,3 +105,65 @@ def test_joint_loss_is_seg_plus_lambda_ce() -> None:
     total, got_ce = joint_loss(torch.tensor(0.7), logits, labels, lam=14.0)
     assert float(got_ce) == pytest.approx(float(ce), rel=1e-6)
     assert float(total) == pytest.approx(0.7 + 14.0 * float(ce), rel=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# behaviour pinned down by the mutation-testing pass (tests/mutation/mutate.py)
+
+
+def test_binary_weight_schedule_steps_every_epoch_and_guards_zero() -> None:
+    # every=1 steps each epoch; every=0 is read as 1 (no division by zero)
+    assert [binary_weight_at(e, (0.5, 0.25, 1)) for e in (0, 1, 3)] == pytest.approx([0.5, 0.75, 1.25])
+    assert binary_weight_at(3, (0.5, 0.25, 0)) == pytest.approx(1.25)
+
+
+def test_uint8_targets_give_the_int64_loss() -> None:
+    # the data layer hands lp and binary over as uint8; the loss must read them as class indices
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 12, 3, 3, 3, generator=gen)
+    lp = torch.randint(0, 12, (2, 3, 3, 3), generator=gen)
+    binary = (lp > 0).long()
+    loss = SegmentationLoss("lp+binary")
+    total64, parts64 = loss(logits, lp=lp, binary=binary, epoch=0)
+    total8, parts8 = loss(logits, lp=lp.to(torch.uint8), binary=binary.to(torch.uint8), epoch=0)
+    assert float(total8) == pytest.approx(float(total64), rel=1e-6)
+    assert parts8 == pytest.approx(parts64, rel=1e-6)
+
+
+def test_each_term_alone_is_its_own_total_and_binary_weight_needs_lp() -> None:
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(1, 12, 4, 4, 4, generator=gen)
+    lp = torch.randint(0, 12, (1, 4, 4, 4), generator=gen)
+    binary = torch.randint(0, 2, (1, 4, 4, 4), generator=gen)
+    # binary alone: weight 1 at any epoch (the schedule only balances it against the lp term)
+    total_b, parts_b = SegmentationLoss("binary", binary_weight=(2.0, 1.0, 1))(logits, lp=None, binary=binary,
+                                                                              epoch=500)
+    assert parts_b["binary_weight"] == 1.0 and float(total_b) == pytest.approx(parts_b["binary"], rel=1e-6)
+    total_l, parts_l = SegmentationLoss("lp")(logits, lp=lp, binary=binary, epoch=500)
+    assert float(total_l) == pytest.approx(parts_l["lp"], rel=1e-6)
+    # the method at epoch 500 with schedule (2, 1, 100): w = 2 + 1 * 5 = 7
+    total, parts = SegmentationLoss("lp+binary", binary_weight=(2.0, 1.0, 100))(logits, lp=lp, binary=binary,
+                                                                              epoch=500)
+    assert parts["binary_weight"] == pytest.approx(7.0)
+    assert parts["lp"] == pytest.approx(parts_l["lp"], rel=1e-6)
+    assert parts["binary"] == pytest.approx(parts_b["binary"], rel=1e-6)
+    assert float(total) == pytest.approx(parts_l["lp"] + 7.0 * parts_b["binary"], rel=1e-6)
+
+
+def test_missing_binary_target_is_an_error() -> None:
+    logits = torch.zeros(1, 12, 2, 2, 2)
+    with pytest.raises(ValueError, match="no 'binary'"):
+        SegmentationLoss("lp+binary")(logits, lp=torch.zeros(1, 2, 2, 2, dtype=torch.long), binary=None, epoch=0)
+    with pytest.raises(ValueError, match="no 'binary'"):
+        SegmentationLoss("binary")(logits, lp=None, binary=None, epoch=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_loss_is_float32_whatever_the_logits_precision(dtype: torch.dtype) -> None:
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(1, 12, 3, 3, 3, generator=gen)
+    lp = torch.randint(0, 12, (1, 3, 3, 3), generator=gen)
+    loss = SegmentationLoss("lp+binary")
+    total, parts = loss(logits.to(dtype), lp=lp, binary=(lp > 0).long(), epoch=0)
+    reference, _ = loss(logits.to(dtype).float(), lp=lp, binary=(lp > 0).long(), epoch=0)
+    assert total.dtype == torch.float32 and float(total) == pytest.approx(float(reference), rel=1e-6)

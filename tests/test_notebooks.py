@@ -1,5 +1,6 @@
 """Every notebook executes end to end at the smoke profile (what `make reproduce PROFILE=smoke`
-runs), and writes the figures and tables it promises, each recorded in MANIFEST.json."""
+runs), and writes the figures and tables it promises, each recorded in MANIFEST.json. The run is
+the session's ``smoke_run`` (conftest.py)."""
 
 from __future__ import annotations
 
@@ -15,16 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from fetalcmr.runner import StageResult, list_notebooks, run_pipeline
+from fetalcmr.runner import list_notebooks, run_pipeline
 
 NOTEBOOKS = list_notebooks()
-
-
-@pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[StageResult], Path]:
-    root = tmp_path_factory.mktemp("smoke")
-    results = run_pipeline("smoke", run_dir=str(root / "run"), figures_dir=str(root / "figures"))
-    return results, root
 
 
 @pytest.mark.slow

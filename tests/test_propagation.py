@@ -111,15 +111,33 @@ def test_integer_translation_is_exact(shift: tuple[int, int, int], mode: str) ->
     assert set(np.unique(out)) <= set(np.unique(lab))
 
 
+def _label_dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
+    """Dice of one label between two label maps (1.0 when both lack it)."""
+    x, y = a == label, b == label
+    total = int(x.sum() + y.sum())
+    return 1.0 if total == 0 else 2.0 * int((x & y).sum()) / total
+
+
 def test_smooth_warp_matches_reference_resampling() -> None:
     _, lab = toy_atlas(2)
-    field = smooth_field(np.random.default_rng(3), lab.shape[0], 2.0)
-    ref = apply_field(lab, field, 0)
-    out = prop.warp_labels(lab, torch.tensor(field, dtype=torch.float32)[None], 4, mode="nearest")
-    assert (out == ref).mean() > 0.995  # ties at exact half-voxels may round either way
-    onehot = prop.warp_labels(lab, torch.tensor(field, dtype=torch.float32)[None], 4, mode="onehot")
-    assert (onehot == ref).mean() > 0.97
-    assert set(np.unique(onehot)) <= set(np.unique(lab))
+    # a translation of 3-4 voxels plus a smooth random part: every vessel voxel moves 4-6 voxels,
+    # further than the bars are thick, so the unwarped atlas shares no vessel voxel with the reference
+    field = smooth_field(np.random.default_rng(3), lab.shape[0], 2.0) + np.reshape([2.6, -3.3, 2.2], (3, 1, 1, 1))
+    assert np.linalg.norm(field, axis=0)[lab > 0].min() > 3.0
+    ref = apply_field(lab, field, 0)  # independent resampling: scipy, nearest neighbour
+    vessels = (1, 2, 3)
+    assert all((ref == k).sum() > 50 for k in vessels)
+    assert max(_label_dice(ref, lab, k) for k in vessels) < 0.2
+    disp = torch.tensor(field, dtype=torch.float32)[None]
+    nearest = prop.warp_labels(lab, disp, 4, mode="nearest")
+    onehot = prop.warp_labels(lab, disp, 4, mode="onehot")
+    # measured: nearest 1.0 per label (ties at exact half-voxels may round either way); one-hot
+    # (a trilinear partial-volume vote) 0.94-0.99
+    assert min(_label_dice(nearest, ref, k) for k in vessels) > 0.99
+    assert min(_label_dice(onehot, ref, k) for k in vessels) > 0.9
+    for out in (nearest, onehot):
+        assert max(_label_dice(out, lab, k) for k in vessels) < 0.2  # the labels did move
+        assert set(np.unique(out)) == set(np.unique(lab))
 
 
 def test_upsampled_translation_matches_full_grid_translation() -> None:
@@ -389,3 +407,105 @@ def test_training_draws_every_class_equally_often(classes: list[int]) -> None:
     present = sorted(set(classes))
     per_class = [weights[np.asarray(classes) == c].sum() for c in present]
     np.testing.assert_allclose(per_class, 1.0 / len(present))
+
+
+# ---------------------------------------------------------------------------------------------
+# warping: behaviour pinned down by the mutation-testing pass (tests/mutation/mutate.py)
+
+
+def _ramp(n: int, shape: tuple[int, int, int], power: int = 1) -> np.ndarray:
+    """``x ** power`` along the first axis, constant along the others."""
+    return np.broadcast_to((np.arange(n, dtype=np.float64) ** power).reshape(n, 1, 1), (n, *shape[1:])).copy()
+
+
+def test_warping_to_grid_pools_down_and_interpolates_up() -> None:
+    f = _ramp(8, (8, 8, 8), power=2)
+    # every axis shrinks or stays: area average (means of 4 along x)
+    down = prop.to_grid(f, (2, 4, 8))
+    assert down.shape == (1, 1, 2, 4, 8) and down.dtype == torch.float32
+    np.testing.assert_allclose(down[0, 0, :, 0, 0].numpy(), [np.mean(np.arange(4) ** 2),
+                                                             np.mean(np.arange(4, 8) ** 2)])
+    # one axis grows: trilinear, align_corners=False (x samples at 4j + 1.5: halfway between 4j+1 and 4j+2)
+    mixed = prop.to_grid(f, (2, 16, 8))
+    assert mixed.shape == (1, 1, 2, 16, 8)
+    np.testing.assert_allclose(mixed[0, 0, :, 0, 0].numpy(), [(1 + 4) / 2, (25 + 36) / 2])
+    up = prop.to_grid(_ramp(4, (4, 8, 8)), (8, 8, 8))
+    np.testing.assert_allclose(up[0, 0, :, 0, 0].numpy(), np.clip((np.arange(8) + 0.5) / 2 - 0.5, 0, 3))
+    # same grid: a float copy; a tensor with leading singleton axes reads the same as the array
+    same = prop.to_grid(f.astype(np.int64), 8)
+    assert same.shape == (1, 1, 8, 8, 8) and same.dtype == torch.float32 and np.array_equal(same[0, 0].numpy(), f)
+    assert torch.equal(prop.to_grid(torch.tensor(f)[None, None], (2, 4, 8)), down)
+
+
+def test_warping_upsample_field_rescales_each_axis() -> None:
+    coarse = torch.tensor([1.0, 2.0, 3.0]).view(1, 3, 1, 1, 1).expand(1, 3, 4, 4, 4).contiguous()
+    full = prop.upsample_field(coarse, (8, 12, 4))  # factors 2, 3 and 1
+    assert full.shape == (1, 3, 8, 12, 4)
+    for axis, value in enumerate((2.0, 6.0, 3.0)):
+        assert torch.allclose(full[0, axis], torch.full((8, 12, 4), value))
+    assert prop.upsample_field(coarse, (4, 4, 4)) is coarse and prop.upsample_field(coarse, [4, 4, 4]) is coarse
+    # a varying field is interpolated like an image (align_corners=False), then scaled
+    ramp = torch.zeros(1, 3, 4, 4, 4)
+    ramp[0, 0] = torch.arange(4.0).view(4, 1, 1)
+    up = prop.upsample_field(ramp, (8, 4, 4))
+    np.testing.assert_allclose(up[0, 0, :, 0, 0].numpy(), 2 * np.clip((np.arange(8) + 0.5) / 2 - 0.5, 0, 3))
+
+
+def test_warping_labels_rejects_unknown_modes_and_clears_outside() -> None:
+    lab = np.zeros((6, 6, 6), np.int64)
+    lab[1:4, 2:5, 2:4] = 3
+    with pytest.raises(ValueError, match="unknown label interpolation"):
+        prop.warp_labels(lab, torch.zeros(1, 3, 6, 6, 6), 4, mode="linear")
+    away = torch.zeros(1, 3, 6, 6, 6)
+    away[:, 0] = 10.0  # every voxel samples beyond the atlas
+    for mode in ("nearest", "onehot"):
+        out = prop.warp_labels(lab, away, 4, mode=mode)
+        assert out.dtype == np.uint8 and not out.any()
+
+
+def test_warping_folding_stats_of_a_known_field() -> None:
+    # u_x = -x^2 / 8: d(x + u_x)/dx = 1 - x/4 (central differences are exact for a quadratic; the
+    # first and last voxels use one-sided differences): det J per x = 7/8, 3/4, 1/2, 1/4, 0, -1/4, -1/2, -5/8
+    disp = np.zeros((3, 8, 4, 4))
+    disp[0] = -(np.arange(8.0) ** 2 / 8).reshape(8, 1, 1)
+    det = np.array([7 / 8, 3 / 4, 1 / 2, 1 / 4, 0, -1 / 4, -1 / 2, -5 / 8])
+    np.testing.assert_allclose(prop.jacobian_determinant(disp)[:, 0, 0], det, atol=1e-12)
+    stats = prop.folding_stats(torch.tensor(disp, dtype=torch.float32)[None])  # a [1, 3, ...] tensor reads the same
+    assert stats["fold_fraction"] == pytest.approx(0.5)  # det <= 0 at x = 4..7 (x = 4 is exactly 0)
+    assert stats["jac_min"] == pytest.approx(-5 / 8) and stats["jac_mean"] == pytest.approx(det.mean())
+    assert stats["jac_std"] == pytest.approx(det.std())
+
+
+def test_warping_affine_displacement_scaling_and_axis_mixing() -> None:
+    # halving x about the volume centre (n - 1) / 2 = 3.5: x' = 3.5 + (x - 3.5) / 2
+    half = torch.eye(3, 4, dtype=torch.float64)
+    half[0, 0] = 0.5
+    d = prop.affine_displacement(half, (8, 6, 4))
+    x = torch.arange(8.0, dtype=torch.float64).view(8, 1, 1)
+    assert torch.allclose(d[0, 0], (3.5 + (x - 3.5) / 2 - x).expand(8, 6, 4))
+    assert d[0, 1:].abs().max() < 1e-12
+    # x' taken from y at the same fraction of the field of view: x' = (2y + 1) * 8 / 4 / 2 - 1 / 2
+    mix = torch.zeros(3, 4)
+    mix[0, 1] = mix[1, 1] = mix[2, 2] = 1.0
+    d = prop.affine_displacement(mix, (8, 4, 4))
+    y = torch.arange(4.0).view(1, 4, 1)
+    assert torch.allclose(d[0, 0], (2 * y + 0.5 - torch.arange(8.0).view(8, 1, 1)).expand(8, 4, 4))
+
+
+def test_warping_full_displacement_composes_deformation_then_affine() -> None:
+    class Integrator:  # stands in for the network: the "velocity" already is the coarse displacement
+        velocity_field_integrator = staticmethod(lambda v: v)
+
+    coarse = torch.zeros(1, 3, 4, 4, 4)
+    coarse[:, 0] = 1.0  # one coarse voxel = two full voxels along x
+    subject = prop.SubjectData(id="s", split="training", cls=0, image_path="s.nii.gz", affine_world=np.eye(4),
+                               shape=(8, 8, 8), image_reg=torch.zeros(1, 1, 4, 4, 4), binary_reg=None)
+    plain = prop.full_displacement(Integrator(), coarse, subject)
+    assert torch.allclose(plain[:, 0], torch.full((1, 8, 8, 8), 2.0)) and plain[:, 1:].abs().max() < 1e-6
+    # x -> A(x + u(x)) with A halving x about the centre 3.5: 3.5 + (x + 2 - 3.5) / 2 - x
+    half = torch.eye(3, 4)
+    half[0, 0] = 0.5
+    composed = prop.full_displacement(Integrator(), coarse, dataclasses.replace(subject, affine=half))
+    x = torch.arange(8.0).view(1, 8, 1, 1)
+    assert torch.allclose(composed[:, 0], (3.5 + (x + 2 - 3.5) / 2 - x).expand(1, 8, 8, 8), atol=1e-5)
+    assert composed[:, 1:].abs().max() < 1e-5

@@ -15,15 +15,26 @@ from fetalcmr.dataset import read_dataset
 from fetalcmr.io import load_nifti, normalise_intensity
 from fetalcmr.metrics import dice_per_label
 
+#: lowest per-label Dice accepted for an image registered to itself, per method (a new method needs one)
+IDENTITY_MIN_DICE = {"affine": 0.83, "demons": 0.97}
+
 
 @pytest.mark.parametrize("method", rb.METHODS)
 def test_identical_pair_keeps_labels(method: str) -> None:
+    min_dice = IDENTITY_MIN_DICE[method]
     img, lab = toy_atlas(0)
     img = normalise_intensity(img)
     out = rb.register_pair(img, img, lab, 1.5, method)
-    # mutual information on a 24^3 toy lets the affine drift off the identity (scale ~0.85)
-    assert np.mean(out.labels == lab) > 0.98
-    assert min(dice_per_label(out.labels, lab, [1, 2, 3]).values()) > 0.85
+    vessels = [1, 2, 3]
+    # Per-label Dice against the atlas itself, measured: demons 1.0/1.0/0.994. Mutual information
+    # on a 24^3 toy lets the affine drift off the identity (Jacobian ~0.85: labels ~10-30% larger),
+    # 0.968/0.957/0.857. A label map shifted by one voxel scores 0.48-0.76 (affine), 0.50-0.88 (demons).
+    dice = dice_per_label(out.labels, lab, vessels)
+    assert min(dice.values()) > min_dice, dice
+    # each vessel stays where it was: centroids within 0.75 voxel (measured ≤ 0.5; a 1-voxel shift moves them ≥ 1)
+    ones = np.ones_like(lab)
+    moved = np.subtract(ndimage.center_of_mass(ones, out.labels, vessels), ndimage.center_of_mass(ones, lab, vessels))
+    assert np.linalg.norm(moved, axis=1).max() < 0.75, moved
     assert out.fold_fraction == 0.0 and out.seconds > 0
 
 

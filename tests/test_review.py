@@ -1,4 +1,4 @@
-"""Tests of the topology review: confidence intervals, exact McNemar, the review sheet and kappa,
+"""Tests of the topology review: correct rates, the McNemar table, the review sheet and kappa,
 and the review table built from label-map files with a constructed broken prediction."""
 
 from __future__ import annotations
@@ -10,36 +10,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from fetalcmr import review as rv
 from fetalcmr.anatomy import LABEL_INDEX
 from fetalcmr.io import DataError, save_nifti
-
-Z = 1.959963984540054  # standard normal 97.5 % quantile
-
-
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    p = k / n
-    denom = 1 + Z * Z / n
-    centre = (p + Z * Z / (2 * n)) / denom
-    half = Z * math.sqrt(p * (1 - p) / n + Z * Z / (4 * n * n)) / denom
-    return centre - half, centre + half
-
-
-@pytest.mark.parametrize(("k", "n"), [(8, 10), (0, 5), (5, 5), (3, 27)])
-def test_wilson_interval_matches_formula(k: int, n: int) -> None:
-    assert rv.proportion_ci(k, n) == pytest.approx(_wilson(k, n), abs=1e-9)
-
-
-def test_exact_interval_edges_and_empty() -> None:
-    # Clopper-Pearson at the edges: 0/n -> [0, 1 - (a/2)^(1/n)], n/n -> [(a/2)^(1/n), 1]
-    assert rv.proportion_ci(0, 10, method="exact") == pytest.approx((0.0, 1 - 0.025 ** 0.1))
-    assert rv.proportion_ci(10, 10, method="exact") == pytest.approx((0.025 ** 0.1, 1.0))
-    assert all(math.isnan(v) for v in rv.proportion_ci(0, 0))
-    with pytest.raises(ValueError, match="k <= n"):
-        rv.proportion_ci(4, 3)
+from fetalcmr.stats import proportion_ci
 
 
 def _reports(rows: list[tuple[str, int, str, bool]]) -> pd.DataFrame:
@@ -57,32 +32,9 @@ def test_correct_rates_on_hand_made_verdicts() -> None:
     daa = rates.loc[("joint", "DAA")]
     assert (daa["n"], daa["n_correct"]) == (3, 2)
     assert daa["rate"] == pytest.approx(2 / 3)
-    assert (daa["ci_low"], daa["ci_high"]) == pytest.approx(_wilson(2, 3))
+    assert (daa["ci_low"], daa["ci_high"]) == pytest.approx(proportion_ci(2, 3))
     assert rates.loc[("joint", "all"), "n"] == 4 and rates.loc[("LP", "all"), "n_correct"] == 1
     assert rates.loc[("LP", "RAA"), "n"] == 0 and math.isnan(rates.loc[("LP", "RAA"), "rate"])
-
-
-def test_mcnemar_exact_hand_computed() -> None:
-    # 3 both correct, 1 only A, 6 only B, 2 both wrong: p = 2 * P(X <= 1 | 7, 1/2) = 2 * 8 / 128
-    a = [True] * 3 + [True] * 1 + [False] * 6 + [False] * 2
-    b = [True] * 3 + [False] * 1 + [True] * 6 + [False] * 2
-    res = rv.mcnemar_exact(a, b)
-    assert (res["both_correct"], res["only_a"], res["only_b"], res["both_wrong"]) == (3, 1, 6, 2)
-    assert res["p_value"] == pytest.approx(0.125)
-    assert rv.mcnemar_exact([True, False], [True, False])["p_value"] == 1.0  # no discordant pair
-    assert math.isnan(rv.mcnemar_exact([], [])["p_value"])
-    with pytest.raises(ValueError, match="paired"):
-        rv.mcnemar_exact([True], [True, False])
-
-
-@settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=30))
-def test_mcnemar_symmetric_and_a_probability(pairs: list[tuple[bool, bool]]) -> None:
-    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
-    ab, ba = rv.mcnemar_exact(a, b), rv.mcnemar_exact(b, a)
-    assert ab["p_value"] == pytest.approx(ba["p_value"])
-    assert 0.0 < ab["p_value"] <= 1.0
-    assert ab["both_correct"] + ab["only_a"] + ab["only_b"] + ab["both_wrong"] == len(pairs)
 
 
 def test_mcnemar_table_subsets() -> None:
@@ -149,13 +101,14 @@ def test_review_table_flags_broken_prediction(tmp_path: Path, daa_subject: Any) 
     save_nifti(paths["lp"], sub.gt, sub.affine)
     broken = sub.gt.copy()
     broken[broken == LABEL_INDEX["LSA"]] = 0
-    save_nifti(tmp_path / "pred" / "net_lp_manual" / "sub-001.nii.gz", sub.gt, sub.affine)  # notebook 02's name
+    save_nifti(tmp_path / "pred" / "net_lp_manual" / "sub-001.nii.gz", sub.gt, sub.affine)  # notebook 02's folder
     save_nifti(tmp_path / "pred" / "joint" / "sub-001.nii.gz", broken, sub.affine)
     save_nifti(tmp_path / "pred" / "lp" / "sub-001.nii.gz", sub.gt, sub.affine)  # LP baseline: not a network
-    (tmp_path / "pred" / "notes").mkdir()  # folders without label maps are ignored
-    dirs = rv.find_method_dirs(tmp_path / "pred")
+    # the stage outputs' prediction folders (method id -> folder): the reviewed networks, by review name
+    outputs = {m: tmp_path / "pred" / m for m in ("lp", "net_lp_manual", "net_manual", "joint")}
+    dirs = rv.network_dirs(outputs)
     assert dirs == {"LP+manual": tmp_path / "pred" / "net_lp_manual", "joint": tmp_path / "pred" / "joint"}
-    assert rv.find_method_dirs(tmp_path / "absent") == {}
+    assert list(dirs) == ["LP+manual", "joint"] and rv.network_dirs({}) == {}
     item = {"id": "sub-001", "label": 2, "meta": dict(sub.meta), **{k: str(p) for k, p in paths.items()}}
     item2 = {**item, "id": "sub-002"}  # no predictions of its own: named in the messages
     cases, messages = rv.load_cases([item, item2], dirs)
@@ -204,19 +157,30 @@ def test_docstring_examples() -> None:
     assert doctest.testmod(rv, raise_on_error=False).failed == 0
 
 
-def test_class_predictions_found_and_correct_subset(tmp_path: Path) -> None:
-    assert rv.find_class_predictions(tmp_path / "absent") == (None, None)
-    pd.DataFrame({"kind": ["image"], "id": ["a"], "label": [2], "pred": [2]}).to_csv(tmp_path / "a.csv", index=False)
-    assert rv.find_class_predictions(tmp_path) == (None, None)  # no method column
+def test_correctly_classified_subsets() -> None:
     rows = [("joint", "a", 2, 2), ("joint", "b", 2, 1), ("joint", "c", 0, 0), ("separate", "b", 2, 2)]
-    pd.DataFrame(rows, columns=["method", "id", "label", "pred"]).to_csv(tmp_path / "z.csv", index=False)
-    preds, path = rv.find_class_predictions(tmp_path)
-    assert path == tmp_path / "z.csv"
+    preds = pd.DataFrame(rows, columns=["method", "id", "label", "pred"])
     assert rv.correctly_classified(preds, "joint") == {"a", "c"}
     assert rv.correctly_classified(preds, "joint", cls=2) == {"a"}
     assert rv.correctly_classified(preds, "separate", cls=2) == {"b"}
-    (tmp_path / rv.CLASS_PREDICTIONS_CSV).write_text("method,id,label,pred\njoint,q,1,1\n")
-    assert rv.find_class_predictions(tmp_path)[1] == tmp_path / rv.CLASS_PREDICTIONS_CSV  # notebook 04's first
+
+
+def test_review_names_and_colours_come_from_the_registry() -> None:
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import to_rgba
+
+    from fetalcmr.methods import METHODS
+
+    assert rv.review_order() == ("truth", "LP", "LP-only", "LP+manual", "joint")  # the tables' method names
+    assert (rv.TRUTH, rv.LP) == (METHODS["truth"].short, METHODS["lp"].short)
+    rates = rv.correct_rates(_reports([("a", 2, "LP+manual", True), ("a", 2, "joint", False)]))
+    fig, ax = plt.subplots()
+    rv.plot_correct_rates(rates, ax)
+    colours = {t.get_text(): h.get_facecolor() for t, h in zip(ax.get_legend().get_texts(),
+                                                                ax.get_legend().legend_handles, strict=True)}
+    plt.close(fig)
+    assert colours == {"LP+manual": to_rgba(METHODS["net_lp_manual"].colour),
+                       "joint": to_rgba(METHODS["joint"].colour)}
 
 
 def test_plot_correct_rates_bars_match_table() -> None:

@@ -35,7 +35,7 @@ FIG = ("import matplotlib\nmatplotlib.use('Agg')\nimport matplotlib.pyplot as pl
 @pytest.fixture()
 def pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
     # the package's code version is part of every key; pin it so edits elsewhere don't interfere
-    monkeypatch.setattr("fetalcmr.runner.code_version", lambda: "pinned")
+    monkeypatch.setattr("fetalcmr.runner.code_version", lambda *modules: "pinned")
     nbs = tmp_path / "notebooks"
     nbs.mkdir()
     _write_nb(nbs / "00_first.ipynb", FIG.format(v=1, n="00"))

@@ -16,19 +16,20 @@ from scipy.stats import wilcoxon
 
 from fetalcmr.config import SegmenterConfig
 from fetalcmr.dataset import read_dataset
+from fetalcmr.methods import get
+from fetalcmr.predict import load_softmax
 from fetalcmr.segmentation import (
-    METHOD_LABELS,
     by_class_table,
     coronal_projection,
     dice_table,
     label_colours,
-    load_softmax,
     method_checkpoint,
     pick_subjects,
     plot_dice_boxplots,
     plot_overlays,
     run_segmentation,
     supervision_agreement,
+    train_segmenters,
     wilcoxon_tests,
 )
 from fetalcmr.train import load_checkpoint
@@ -43,21 +44,23 @@ def test_four_methods_end_to_end(tmp_path: Path) -> None:
     kw = dict(models_dir=dirs["models"], predictions_dir=dirs["pred"], results_dir=dirs["results"],
               grid=None, spacing_mm=None, seed=0, progress=False)
     stage = run_segmentation(data, CFG, **kw)
-    assert set(stage.predictions) == {"a", "b", "c", "d"}
+    assert set(stage.prediction_dirs) == {"lp", "net_lp", "net_lp_manual", "net_manual"}
     test_ids = [it["id"] for it in data["testing"]]
-    for method in ("lp", "net_lp", "net_lp_manual", "net_manual"):
+    assert stage.test_ids == tuple(test_ids)
+    for method, folder in stage.prediction_dirs.items():
+        assert folder == dirs["pred"] / get(method).folder
         for sid in test_ids:
-            img = nib.load(dirs["pred"] / method / f"{sid}.nii.gz")
+            img = nib.load(folder / f"{sid}.nii.gz")
             assert np.allclose(img.affine, nib.load(data["testing"][0]["image"]).affine)
     # (a) is the propagated label map itself
     lp = np.asarray(nib.load(data["testing"][0]["lp"]).dataobj)
-    assert np.array_equal(stage.predictions["a"][test_ids[0]], lp)
-    per_label = pd.read_csv(dirs["results"] / "segmentation_per_label.csv")
-    region = pd.read_csv(dirs["results"] / "segmentation_region.csv")
-    assert set(per_label["method"]) == {"a", "b", "c"} and set(region["method"]) == {"a", "b", "c", "d"}
+    assert np.array_equal(stage.labels("lp", test_ids[0]), lp)
+    per_label, region = stage.per_label, stage.region
+    assert set(per_label["method"]) == {"lp", "net_lp", "net_lp_manual"} and set(region["method"]) == set(
+        stage.prediction_dirs)
     assert len(per_label) == 3 * 2 * 11
     # the oracle LP of the toy data is gt shifted by one voxel: known Dice per tube (3x3 cross-section)
-    ao = per_label[(per_label["method"] == "a") & (per_label["name"] == "AO")]["dice"]
+    ao = per_label[(per_label["method"] == "lp") & (per_label["name"] == "AO")]["dice"]
     assert np.allclose(ao, 2 / 3)
     # softmax of (c) saved for every subject, float16, sums to one
     n_all = sum(len(data[s]) for s in ("training", "validation", "testing"))
@@ -65,23 +68,26 @@ def test_four_methods_end_to_end(tmp_path: Path) -> None:
     assert len(files) == n_all
     soft = load_softmax(files[0])
     assert soft.shape == (12, 16, 16, 16) and np.allclose(soft.sum(0), 1, atol=1e-2)
-    assert "model" in load_checkpoint(method_checkpoint(dirs["models"], "c"))
-    # second run reuses the trained networks
-    again = run_segmentation(data, CFG, **kw)
-    assert all(r.resumed_from == CFG.epochs for r in again.runs.results.values())
-    other = run_segmentation(data, dataclasses.replace(CFG, lr=5e-4), **kw)
-    assert all(r.resumed_from == 0 for r in other.runs.results.values())
+    checkpoint = stage.checkpoints["net_lp_manual"]
+    assert checkpoint == method_checkpoint(dirs["models"]) == dirs["models"] / "segmenter_c" / "best.pt"
+    assert "model" in load_checkpoint(checkpoint) and set(stage.histories) == set(stage.checkpoints)
+    # a second run reuses the trained networks; other settings retrain them
+    kw_train = dict(grid=None, spacing_mm=None, seed=0, progress=False)
+    again = train_segmenters(data, CFG, dirs["models"], **kw_train)
+    assert all(r.resumed_from == CFG.epochs for r in again.results.values())
+    other = train_segmenters(data, dataclasses.replace(CFG, lr=5e-4), dirs["models"], **kw_train)
+    assert all(r.resumed_from == 0 for r in other.results.values())
 
 
 def _toy_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
     rng = np.random.default_rng(0)
     rows, region = [], []
     for i in range(8):
-        for m, base in (("a", 0.6), ("b", 0.7), ("c", 0.8)):
+        for m, base in (("lp", 0.6), ("net_lp", 0.7), ("net_lp_manual", 0.8)):
             for lab, name in ((4, "AO"), (6, "DAO")):
                 rows.append({"method": m, "id": f"s{i}", "class": "CoA" if i % 2 else "DAA", "label": lab,
                              "name": name, "dice": base + 0.05 * rng.standard_normal()})
-        for m in "abcd":
+        for m in ("lp", "net_lp", "net_lp_manual", "net_manual"):
             region.append({"method": m, "id": f"s{i}", "class": "CoA" if i % 2 else "DAA",
                            "dice": 0.9, "sensitivity": 0.9, "specificity": 0.99, "precision": 0.9})
     return pd.DataFrame(rows), pd.DataFrame(region)
@@ -91,9 +97,10 @@ def test_wilcoxon_matches_scipy_on_subject_means() -> None:
     per_label, _ = _toy_tables()
     tests = wilcoxon_tests(per_label)
     means = per_label.groupby(["id", "method"])["dice"].mean().unstack()
-    expect = wilcoxon(means["c"], means["a"])
+    expect = wilcoxon(means["net_lp_manual"], means["lp"])
     row = tests.iloc[0]
-    assert row["comparison"] == f"{METHOD_LABELS['c']} vs {METHOD_LABELS['a']}"
+    assert row["comparison"] == "(c) net: LP + manual vs (a) LP"
+    assert row["mean_dice_c"] == pytest.approx(means["net_lp_manual"].mean())  # the column the tables show
     assert row["wilcoxon_W"] == pytest.approx(expect.statistic) and row["p_value"] == pytest.approx(expect.pvalue)
     assert row["subjects_improved"] == 8 and len(tests) == 2
 
@@ -102,12 +109,13 @@ def test_tables_and_figures() -> None:
     per_label, region = _toy_tables()
     table = dice_table(per_label, region)
     assert list(table["label"]) == ["AO", "DAO", "vessel region (binary)"]
-    assert table.loc[2, METHOD_LABELS["d"]] == "0.900 (0.000)" and table.loc[0, METHOD_LABELS["d"]] == "–"
-    sub = per_label[(per_label["method"] == "c") & (per_label["name"] == "AO")]["dice"]
-    assert table.loc[0, METHOD_LABELS["c"]] == f"{sub.mean():.3f} ({sub.std():.3f})"
+    assert list(table.columns) == ["label", "(a) LP", "(b) net: LP", "(c) net: LP + manual", "(d) net: manual"]
+    assert table.loc[2, "(d) net: manual"] == "0.900 (0.000)" and table.loc[0, "(d) net: manual"] == "–"
+    sub = per_label[(per_label["method"] == "net_lp_manual") & (per_label["name"] == "AO")]["dice"]
+    assert table.loc[0, "(c) net: LP + manual"] == f"{sub.mean():.3f} ({sub.std():.3f})"
     assert set(by_class_table(per_label, region)["class"]) == {"CoA", "DAA"}
     picks = pick_subjects(per_label)
-    means = per_label[per_label["method"] == "c"].groupby("id")["dice"].mean()
+    means = per_label[per_label["method"] == "net_lp_manual"].groupby("id")["dice"].mean()
     assert picks["best"] == means.idxmax() and picks["worst"] == means.idxmin()
     assert len(plot_dice_boxplots(per_label, region).axes) == 2
     vol = np.zeros((8, 8, 8), np.uint8)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections import deque
 
 import numpy as np
 import pytest
@@ -84,13 +86,96 @@ def test_betti_speed_at_64() -> None:
 _small_masks = arrays(np.bool_, st.tuples(*[st.integers(2, 7)] * 3), elements=st.booleans())
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def _neighbours(idx: tuple[int, ...], offsets: list[tuple[int, ...]]) -> list[tuple[int, ...]]:
+    return [tuple(i + o for i, o in zip(idx, off, strict=True)) for off in offsets]
+
+
+_OFFSETS_26 = [o for o in itertools.product((-1, 0, 1), repeat=3) if o != (0, 0, 0)]
+_OFFSETS_6 = [o for o in _OFFSETS_26 if sum(map(abs, o)) == 1]
+
+
+def _count_components(cells: set[tuple[int, ...]], offsets: list[tuple[int, ...]]) -> int:
+    """Connected components of a set of voxels by breadth-first search (independent of scipy)."""
+    seen: set[tuple[int, ...]] = set()
+    count = 0
+    for start in cells:
+        if start in seen:
+            continue
+        count += 1
+        seen.add(start)
+        queue = deque([start])
+        while queue:
+            for nb in _neighbours(queue.popleft(), offsets):
+                if nb in cells and nb not in seen:
+                    seen.add(nb)
+                    queue.append(nb)
+    return count
+
+
+def _reference_betti(m: np.ndarray) -> tuple[int, int, int]:
+    """(β0, β1, β2) of the union of closed unit cubes at the foreground voxels, computed from scratch.
+
+    β0: 26-connected foreground components (BFS); β2: 6-connected background components of the
+    padded volume other than the outer one (BFS); χ: V − E + F − C of the cubical complex,
+    enumerating every cube's vertices, edges and faces as sets; β1 = β0 + β2 − χ (Euler–Poincaré).
+    """
+    fg = {tuple(int(i) for i in idx) for idx in np.argwhere(m)}
+    if not fg:
+        return 0, 0, 0
+    padded = np.pad(m, 1)
+    bg = {tuple(int(i) for i in idx) for idx in np.argwhere(~padded)}
+    b0 = _count_components(fg, _OFFSETS_26)
+    b2 = _count_components(bg, _OFFSETS_6) - 1
+    vertices, edges, faces = set(), set(), set()
+    for x, y, z in fg:
+        for c in itertools.product((0, 1), repeat=3):
+            vertices.add((x + c[0], y + c[1], z + c[2]))
+        for axis in range(3):  # an edge: its lower end and its direction; a face: its corner and normal
+            others = [a for a in range(3) if a != axis]
+            for u, v in itertools.product((0, 1), repeat=2):
+                corner = [x, y, z]
+                corner[others[0]] += u
+                corner[others[1]] += v
+                edges.add((*corner, axis))
+            for w in (0, 1):
+                corner = [x, y, z]
+                corner[axis] += w
+                faces.add((*corner, axis))
+    chi = len(vertices) - len(edges) + len(faces) - len(fg)
+    return b0, b0 + b2 - chi, b2
+
+
+def test_reference_betti_on_known_shapes() -> None:
+    """The test's own reference agrees with shapes whose Betti numbers are known."""
+    ring = np.zeros((5, 5, 3), bool)
+    ring[1:4, 1:4, 1] = True
+    ring[2, 2, 1] = False
+    box = np.ones((3, 3, 3), bool)
+    box[1, 1, 1] = False
+    assert _reference_betti(_ball((12, 12, 12), (6, 6, 6), 4)) == (1, 0, 0)
+    assert _reference_betti(ring) == (1, 1, 0)
+    assert _reference_betti(box) == (1, 0, 1)
+
+
+def test_betti_two_separate_rings_and_a_diagonal_chain() -> None:
+    two = np.zeros((30, 30, 12), bool)
+    two[:, :15] = _torus((30, 15, 12), (15, 7, 6), 5, 1.5)
+    two[:, 16:] = _torus((30, 14, 12), (15, 7, 6), 5, 1.5)
+    assert topology.betti_numbers(two) == (2, 2, 0)
+    chain = np.zeros((6, 6, 6), bool)
+    for i in range(6):
+        chain[i, i, i] = True  # touching only at corners: one 26-connected piece, no loop
+    assert topology.betti_numbers(chain) == (1, 0, 0)
+    assert topology.betti_numbers(chain | chain[::-1]) == _reference_betti(chain | chain[::-1])
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_small_masks)
-def test_betti_b0_is_26_component_count_and_chi_consistent(m: np.ndarray) -> None:
-    b0, b1, b2 = topology.betti_numbers(m)
-    assert b0 == ndimage.label(m, structure=np.ones((3, 3, 3)))[1]
-    assert b1 >= 0 and b2 >= 0
-    assert b0 - b1 + b2 == (topology.euler_characteristic(m) if m.any() else 0)
+def test_betti_numbers_match_an_independent_computation(m: np.ndarray) -> None:
+    assert topology.betti_numbers(m) == _reference_betti(m)
+    if m.any():
+        b0, b1, b2 = _reference_betti(m)
+        assert topology.euler_characteristic(m) == b0 - b1 + b2
 
 
 @settings(max_examples=60, deadline=None)
@@ -344,3 +429,168 @@ def test_docstring_examples() -> None:
 
     result = doctest.testmod(topology)
     assert result.attempted >= 3 and result.failed == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# behaviour pinned down by the mutation-testing pass (tests/mutation/mutate.py)
+
+AO, DAO, MPA = L["AO"], L["DAO"], L["MPA"]
+
+
+def test_inputs_must_be_3d_and_may_be_nested_lists() -> None:
+    flat = np.zeros((4, 4), np.uint8)
+    for call in (topology.components_per_label, topology.euler_characteristic, topology.betti_numbers,
+                 topology.adjacency_graph, topology.remove_fragments, lambda a: topology.arch_side(a, 1.0),
+                 lambda a: topology.topology_report(a, 0)):
+        with pytest.raises(ValueError, match="expected a 3D"):
+            call(flat)
+    cube = [[[1, 1], [1, 1]], [[1, 1], [1, 0]]]  # seven voxels of a 2x2x2 cube
+    assert topology.betti_numbers(cube) == (1, 0, 0) and topology.components_per_label(cube) == {1: 1}
+    with pytest.raises(ValueError, match="does not match"):
+        topology.arch_side(np.full((4, 4, 4), AO), trachea_mask=np.ones((4, 4, 5), bool))
+
+
+def test_components_of_background_and_absent_labels_are_zero() -> None:
+    lm = np.zeros((6, 6, 6), np.uint8)
+    lm[0, 0, 0] = lm[5, 5, 5] = MPA
+    assert topology.components_per_label(lm, [0, AO, MPA, 11]) == {0: 0, AO: 0, MPA: 2, 11: 0}
+
+
+def test_remove_fragments_size_boundary_and_labels_made_of_tiny_pieces() -> None:
+    lm = np.zeros((12, 12, 12), np.uint8)
+    lm[0:3, 0:3, 0:3] = AO  # main piece
+    lm[6, 6, 6:10] = AO  # 4 voxels: exactly the threshold, kept
+    lm[10, 10, 9:12] = AO  # 3 voxels: removed
+    lm[0, 11, 0:2] = MPA  # MPA's largest piece (2 voxels) stays although tiny
+    lm[11, 0, 0] = MPA  # its 1-voxel fragment goes
+    out, removed = topology.remove_fragments(lm, 4)
+    assert removed == {AO: 1, MPA: 1}
+    assert (out == AO).sum() == 27 + 4 and (out == MPA).sum() == 2 and out[11, 0, 0] == 0
+    assert lm[10, 10, 9] == AO  # the input is left unchanged
+    # min_voxels 2 removes single voxels only; 1 or less removes nothing
+    assert topology.remove_fragments(lm, 2)[1] == {MPA: 1}
+    assert topology.remove_fragments(lm, 1)[1] == {}
+
+
+def _arch_scene(groups: list[tuple[int, int, int]], z: int = 4) -> np.ndarray:
+    """AO voxels: ``n`` voxels at (x, y, 0..n-1) for each ``(x, y, n)``; a 20 x 20 x ``z`` volume."""
+    lm = np.zeros((20, 20, z), np.uint8)
+    for x, y, n in groups:
+        lm[x, y, :n] = AO
+    return lm
+
+
+def test_arch_side_with_a_trachea_mask_counts_the_band_beside_it() -> None:
+    # trachea: x 9..11 (centre 10), y 8..11 (centre 9.5, back wall 8) in every slice
+    tm = np.zeros((20, 20, 4), bool)
+    tm[9:12, 8:12, :] = True
+    # the band runs from 2 voxels behind the back wall (y = 6) to half a voxel in front of the centre (y = 10)
+    assert topology.arch_side(_arch_scene([(5, 10, 4), (15, 11, 4)]), trachea_mask=tm) == "left"
+    assert topology.arch_side(_arch_scene([(5, 6, 4), (15, 5, 4)]), trachea_mask=tm) == "left"
+    assert topology.arch_side(_arch_scene([(5, 8, 4), (15, 8, 4)]), trachea_mask=tm) == "both"
+    assert topology.arch_side(_arch_scene([(15, 9, 4)]), trachea_mask=tm) == "right"
+    assert topology.arch_side(_arch_scene([(5, 12, 4), (15, 4, 4)]), trachea_mask=tm) is None
+    # AO in slices without trachea does not count
+    tm_low = tm.copy()
+    tm_low[:, :, 2:] = False
+    assert topology.arch_side(_arch_scene([(5, 9, 4)]), trachea_mask=tm_low) is None  # 2 voxels < min_voxels
+
+
+def test_arch_side_from_the_trachea_position_uses_the_posterior_half_and_thresholds() -> None:
+    tx = 10.0
+    # AO spans y 0..10 (midline voxels, ignored as too close): the posterior half is y <= 5
+    span = [(10, 0, 1), (10, 10, 1)]
+    assert topology.arch_side(_arch_scene([*span, (5, 5, 4)]), tx) == "left"
+    assert topology.arch_side(_arch_scene([*span, (5, 6, 4)]), tx) is None  # in front of the mid-point
+    # exactly min_offset_vox = 2 from the centre counts, and exactly min_voxels = 4 voxels count
+    assert topology.arch_side(_arch_scene([*span, (8, 3, 4), (12, 3, 3)]), tx) == "left"
+    assert topology.arch_side(_arch_scene([*span, (12, 3, 4)]), tx) == "right"
+    assert topology.arch_side(_arch_scene([*span, (12, 3, 1)]), tx, min_voxels=1) == "right"
+    assert topology.arch_side(_arch_scene([*span, (10, 3, 4)]), tx) is None  # only midline voxels
+    # with no offset required, the midline belongs to neither side
+    scene = _arch_scene([*span, (10, 3, 4), (7, 3, 4)])
+    assert topology.arch_side(scene, tx, min_offset_vox=0) == "left"
+    assert topology.arch_side(_arch_scene([*span, (10, 3, 4), (13, 3, 4)]), tx, min_offset_vox=0) == "right"
+    assert topology.arch_side(_arch_scene([*span, (11, 3, 4)]), tx, min_offset_vox=0) == "right"
+    # a side needs min_fraction of the counted voxels: 4 of 4 + 80 (< 5 %) is not enough
+    big = _arch_scene([*span, (5, 3, 4)], z=84)
+    big[15, 1, :80] = AO
+    assert topology.arch_side(big, tx) == "right"
+    assert topology.arch_side(big, tx, min_fraction=0.04) == "both"
+    assert topology.arch_side(np.zeros((4, 4, 4), np.uint8), tx) is None
+    assert topology.arch_side(_arch_scene([(5, 3, 4)])) is None  # no trachea position
+
+
+def test_report_row_values() -> None:
+    rep = topology.TopologyReport(
+        cls=2, components={AO: 1, DAO: 2, MPA: 0}, fragments_removed={AO: 2, MPA: 1},
+        arch_betti=(3, 4, 5), ring_betti=(6, 7, 8), contacts={(AO, DAO)}, missing_contacts={(4, 8), (2, 7)},
+        extra_contacts={(1, 4)}, arch_side=None, label_loops={}, correct=False, reasons=["a", "b"],
+        warnings=["w"])
+    assert rep.as_row() == {
+        "class": "DAA", "correct": False, "arch_b0": 3, "arch_b1": 4, "arch_b2": 5, "ring_b1": 7, "arch_side": "",
+        "split_labels": "DAO", "missing_labels": "MPA", "missing_contacts": "LPA-MPA;AO-LSA",
+        "extra_contacts": "SVC-AO", "fragments_removed": 3, "reasons": "a; b", "warnings": "w"}
+    assert topology.report_table({"s": rep})[0] == {"id": "s", **rep.as_row()}
+
+
+def test_cycle_rank_of_label_graphs() -> None:
+    assert topology._graph_loops({(1, 2), (2, 3), (1, 3)}, [1, 2, 3, 4]) == 1  # a triangle and a lone node
+    assert topology._graph_loops({(1, 2), (2, 3), (1, 3), (5, 6), (6, 7), (5, 7), (7, 8)}, range(1, 9)) == 2
+    assert topology._graph_loops({(1, 2), (2, 3), (3, 9)}, [1, 2, 3]) == 0  # edges leaving the node set do not count
+    # the default templates: AD and LSA each join the arch at one place, so the ring adds no loop
+    assert all(topology.expected_ring_loops(c) == topology.ARCH_LOOPS[c] for c in topology.ARCH_LOOPS)
+
+
+def test_report_verdicts_on_edited_phantoms(phantoms: dict[int, np.ndarray]) -> None:
+    coa, daa = CLASS_INDEX["CoA"], CLASS_INDEX["DAA"]
+    for cls, lm in phantoms.items():  # a correct segmentation raises no warning either
+        rep = topology.topology_report(lm, cls, trachea_x_vox=TRACHEA_X)
+        assert rep.warnings == [] and rep.label_loops == {v: int(v == AO and cls == daa) for v in range(1, 12)}
+    with pytest.raises(ValueError, match="unknown class"):
+        topology.topology_report(phantoms[coa], 7)
+    # a DAO cut in two interrupts the arch
+    cut = phantoms[coa].copy()
+    cut[:, :, 20:23][cut[:, :, 20:23] == DAO] = 0
+    reasons = topology.topology_report(cut, coa).reasons
+    assert "DAO split into 2 pieces" in reasons and "AO∪DAO in 2 pieces (arch interrupted)" in reasons
+    # a second arch where the class has one is an extra loop
+    double = phantoms[coa].copy()
+    _tube(double, RIGHT_ARCH, 2.5, AO)
+    assert "AO∪DAO has 1 loop(s), CoA expects 0 (extra loop)" in topology.topology_report(double, coa).reasons
+    # a missing vessel also loses its contacts
+    no_lsa = phantoms[coa].copy()
+    no_lsa[no_lsa == L["LSA"]] = 0
+    assert topology.topology_report(no_lsa, coa).reasons == ["LSA missing", "missing contact AO–LSA"]
+    # a loop inside one vessel other than a double arch's AO is a warning, not a failure
+    looped = phantoms[coa].copy()
+    _tube(looped, [(20, 28, 14), (20, 28, 24), (30, 28, 24), (30, 28, 14)], 1.5, L["PV"])
+    rep = topology.topology_report(looped, coa)
+    assert rep.correct and rep.label_loops[L["PV"]] == 1 and rep.warnings == ["PV has 1 tunnel(s)"]
+    # a trachea known but level with no AO leaves the side undetermined: a warning
+    tm = np.zeros((64, 64, 64), bool)
+    tm[30:34, 28:32, 0:4] = True
+    rep = topology.topology_report(phantoms[coa], coa, trachea_mask=tm)
+    assert rep.correct and rep.arch_side is None and rep.warnings == ["arch side undetermined"]
+
+
+def test_report_flags_an_arch_enclosing_a_cavity() -> None:
+    g = np.indices((12, 12, 12))
+    r2 = sum((g[i] - 6) ** 2 for i in range(3))
+    lm = np.where((r2 <= 25) & (r2 > 4), AO, 0).astype(np.uint8)  # a hollow ball of AO
+    rep = topology.topology_report(lm, CLASS_INDEX["CoA"])
+    assert rep.arch_betti == (1, 0, 1) and "AO∪DAO encloses 1 cavity(ies)" in rep.reasons
+
+
+def test_report_on_a_double_arch_with_extra_loops(phantoms: dict[int, np.ndarray]) -> None:
+    daa = CLASS_INDEX["DAA"]
+    third = phantoms[daa].copy()
+    _tube(third, [(36, 42, 40), (32, 30, 55), (32, 20, 46)], 1.5, AO)  # a third arch over the top
+    assert topology.topology_report(third, daa).reasons == ["AO∪DAO has 3 loop(s), DAA expects 1 (extra loop)"]
+    # an LSA running on from its arch to the DAO closes a ring loop beyond the double arch's one
+    ring = phantoms[daa].copy()
+    _tube(ring, [(22, 32, 60), (20, 19, 56), (31, 17, 30)], 1.2, L["LSA"])
+    rep = topology.topology_report(ring, daa)
+    assert rep.arch_betti == (1, 1, 0) and rep.ring_betti == (1, 2, 0)
+    assert rep.warnings == ["AO∪DAO∪AD∪LSA has 2 loop(s), expected 1"]
+    assert rep.reasons == ["extra contact DAO–LSA"]

@@ -1,5 +1,6 @@
-"""Training engine: resume equals an uninterrupted run, the weak-supervision invariant, the three
-modes, learning-rate decay, and a 2-process DDP run under torchrun (gloo)."""
+"""Training engine: resume equals an uninterrupted run, the three modes and their steps (loss,
+scores, selection metric), learning-rate decay, and a 2-process DDP run under torchrun (gloo).
+The weak-supervision invariant: tests/test_weak_supervision.py."""
 
 from __future__ import annotations
 
@@ -15,14 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 from ddp_smoke import make_toy_dataset
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from fetalcmr import data as data_mod
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.data import make_samples
 from fetalcmr.dataset import read_dataset
 from fetalcmr.models import JointNet, make_classifier, make_segmenter
-from fetalcmr.train import TrainConfig, plot_history, read_history, train
+from fetalcmr.train import MODES, STEPS, SampleScore, TrainConfig, mode_step, plot_history, read_history, train
 
 NET = SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.2)
 CLS = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), dropout=0.2)
@@ -82,33 +85,6 @@ def test_learning_rate_decays_linearly_to_zero(toy: dict[str, Any], tmp_path: Pa
     assert len(fig.axes) == 2
 
 
-def test_training_never_reads_gt(toy: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    items, gt_paths = [], set()
-    for it in toy["training"] + toy["validation"]:
-        bad = tmp_path / f"{it['id']}_corrupt_truth.nii.gz"
-        bad.write_bytes(b"corrupt: training must not open this")
-        items.append({**it, "gt": str(bad)})
-        gt_paths.add(str(bad))
-    opened: list[str] = []
-    real = data_mod.load_nifti
-    monkeypatch.setattr(data_mod, "load_nifti", lambda p, **kw: opened.append(str(p)) or real(p, **kw))
-    real_open = open
-
-    def guarded_open(file: Any, *args: Any, **kwargs: Any) -> Any:
-        assert str(file) not in gt_paths, f"training opened {file}"
-        return real_open(file, *args, **kwargs)
-
-    monkeypatch.setattr("builtins.open", guarded_open)
-    data_mod.clear_cache()
-    tr = make_samples(items[:-1], KEYS)
-    va = make_samples(items[-1:], KEYS)
-    assert all("gt" not in s for s in tr + va)
-    train(lambda: make_segmenter(NET), tr, va, TrainConfig(mode="segment", epochs=1, batch_size=2, lr=1e-3),
-          tmp_path / "m", progress=False)
-    assert opened and not gt_paths & set(opened)
-    assert {Path(p).name.split("_")[1] for p in opened} == {"image.nii.gz", "lp.nii.gz", "binary.nii.gz"}
-
-
 def test_classify_and_joint_modes(toy: dict[str, Any], tmp_path: Path) -> None:
     tr, va = _seg(toy)
     cls = train(lambda: make_classifier(CLS, in_channels=1), tr, va,
@@ -125,6 +101,75 @@ def test_classify_and_joint_modes(toy: dict[str, Any], tmp_path: Path) -> None:
     h = joint.history.iloc[0]
     assert {"train_ce", "train_lp", "train_binary", "val_dice", "val_bacc"} <= set(joint.history.columns)
     assert h["val_metric"] == pytest.approx(0.5 * (h["val_dice"] + h["val_bacc"]))
+
+
+def _cfg(mode: str, **kw: Any) -> TrainConfig:
+    return TrainConfig(mode=mode, epochs=1, batch_size=2, lr=1e-3, **kw)
+
+
+def _logits_and_batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, Any]]:
+    g = torch.Generator().manual_seed(seed)
+    seg, cls = torch.randn(2, 12, 4, 4, 4, generator=g), torch.randn(2, 3, generator=g)
+    lp = torch.randint(0, 12, (2, 1, 4, 4, 4), generator=g).to(torch.uint8)
+    return seg, cls, {"lp": lp, "binary": (lp > 0).to(torch.uint8), "label": torch.tensor([0, 2])}
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 2**16), epoch=st.integers(0, 300), lam=st.floats(0.0, 30.0))
+def test_mode_losses_follow_their_formulas(seed: int, epoch: int, lam: float) -> None:
+    seg, cls, batch = _logits_and_batch(seed)
+    cpu, w = torch.device("cpu"), 1.0 + 0.05 * (epoch // 50)
+    # segment: L = lp + w(epoch) * binary
+    s_total, s_parts = mode_step(_cfg("segment", lam=lam)).loss(seg, batch, epoch, cpu)
+    assert set(s_parts) == {"lp", "binary", "binary_weight"} and s_parts["binary_weight"] == pytest.approx(w)
+    assert float(s_total) == pytest.approx(s_parts["lp"] + w * s_parts["binary"], rel=1e-5)
+    # classify: L = CE
+    ce = float(F.cross_entropy(cls, batch["label"]))
+    c_total, c_parts = mode_step(_cfg("classify", lam=lam)).loss(cls, batch, epoch, cpu)
+    assert float(c_total) == pytest.approx(ce, rel=1e-6) and c_parts == {"ce": pytest.approx(ce, rel=1e-6)}
+    # joint: L = segment loss + lam * CE, logging the segmentation parts and ce
+    j_total, j_parts = mode_step(_cfg("joint", lam=lam)).loss((seg, cls), batch, epoch, cpu)
+    assert j_parts == {**s_parts, "ce": pytest.approx(ce, rel=1e-6)}
+    assert float(j_total) == pytest.approx(float(s_total) + lam * ce, rel=1e-5)
+
+
+def test_selection_metric_per_mode() -> None:
+    row = {"val_loss": 1.0, "val_dice": 0.8, "val_bacc": 0.4}
+    assert {m: mode_step(_cfg(m)).val_metric(row) for m in MODES} == {
+        "segment": 0.8, "classify": 0.4, "joint": pytest.approx(0.6)}
+    assert np.isnan(mode_step(_cfg("segment")).val_metric({"val_loss": 1.0}))
+    assert np.isnan(mode_step(_cfg("classify")).val_metric({"val_loss": 1.0, "val_dice": 0.8}))
+
+
+def test_unknown_mode_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"unknown training mode 'regress'; choose one of \('segment', 'classify'"):
+        _cfg("regress")
+
+
+def test_each_mode_reads_its_outputs_and_targets() -> None:
+    seg, cls, _ = _logits_and_batch(0)
+    steps = {m: mode_step(_cfg(m)) for m in MODES}
+    assert steps["segment"].segmentation(seg) is seg and steps["segment"].classification(seg) is None
+    assert steps["classify"].classification(cls) is cls and steps["classify"].segmentation(cls) is None
+    assert steps["joint"].segmentation((seg, cls)) is seg and steps["joint"].classification((seg, cls)) is cls
+    assert {m: _cfg(m, targets="lp").sample_keys for m in MODES} == {
+        "segment": ("image", "extra", "lp"), "classify": ("image", "extra"), "joint": ("image", "extra", "lp")}
+    assert [m for m in MODES if STEPS[m].patches] == ["segment"]  # a classifier sees whole volumes
+
+
+def test_validation_scores_of_one_sample() -> None:
+    lp = np.zeros((1, 4, 4, 4), np.uint8)
+    lp[0, :2] = 3
+    lp[0, 2:, :2] = 5
+    sample = {"lp": lp, "binary": (lp > 0).astype(np.uint8), "label": 2}
+    logits = F.one_hot(torch.as_tensor(lp[0]).long(), 12).permute(3, 0, 1, 2)[None].float()  # argmax == lp
+    swapped = logits[:, [0, 1, 2, 5, 4, 3, 6, 7, 8, 9, 10, 11]]  # vessels 3 and 5 exchanged
+    cls = torch.tensor([[0.1, 2.0, 0.3]])
+    assert mode_step(_cfg("joint")).score((logits, cls), sample) == SampleScore(dice=1.0, pred=1, truth=2)
+    assert mode_step(_cfg("segment", targets="lp")).score(swapped, sample) == SampleScore(dice=0.0)
+    # with manual masks only, Dice scores the foreground: the exchange goes unnoticed
+    assert mode_step(_cfg("segment", targets="binary")).score(swapped, sample) == SampleScore(dice=1.0)
+    assert mode_step(_cfg("classify")).score(cls, sample) == SampleScore(pred=1, truth=2)
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Synthetic black-blood T2w fetal thorax cohort with the three aortic arch anomalies.
 
-Replaces the study's private patient data (DESIGN §6): per subject an image, the 11-vessel truth,
+Replaces the study's private patient data (docs/design.md §9): per subject an image, the 11-vessel truth,
 an imperfect manual vessel mask, the trachea and metadata; class atlases; a Decathlon-style
 ``dataset.json`` with a stratified split.
 

@@ -1,7 +1,7 @@
 """Black-blood T2w appearance: tissue intensities relative to lung, lung texture, the
 point-spread of slice-to-volume reconstruction, residual noise, bias field and scanner gain.
 
-Intensity ranges (relative to lung, DESIGN §6, from public real fetal thorax atlases) are drawn
+Intensity ranges (relative to lung, docs/design.md §9, from public real fetal thorax atlases) are drawn
 per subject in :data:`fetalcmr.synth.params.APPEARANCE_RANGES`; the raw image is scaled by an
 arbitrary gain, as scanner data is (consumers normalise per volume).
 """

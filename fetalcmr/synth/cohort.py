@@ -13,7 +13,6 @@ configuration, seed, generator code) and its files exist, nothing is regenerated
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from pathlib import Path
 from typing import Any
@@ -22,25 +21,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from fetalcmr.anatomy import CLASSES, LABELS
-from fetalcmr.cache import content_key
+from fetalcmr.cache import code_version, content_key
 from fetalcmr.config import CohortConfig
 from fetalcmr.dataset import SPLITS, read_dataset, write_dataset
 from fetalcmr.io import DataError, save_nifti
 from fetalcmr.synth.atlas import build_atlas
 from fetalcmr.synth.subject import FOV_MM, generate_subject
 
-SYNTH_DIR = Path(__file__).resolve().parent
 DATASET_NAME = "fetalcmr-synthetic"
-
-
-def synth_code_version() -> str:
-    """Hash of the generator's source (``fetalcmr/synth`` and the label map)."""
-    h = hashlib.sha256()
-    files = sorted(SYNTH_DIR.glob("*.py")) + [SYNTH_DIR.parent / "anatomy.py"]
-    for path in files:
-        h.update(path.name.encode())
-        h.update(path.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def allocate(n: int, fractions: tuple[float, ...], minimum: int = 0) -> list[int]:
@@ -66,7 +54,7 @@ def allocate(n: int, fractions: tuple[float, ...], minimum: int = 0) -> list[int
 
 def cohort_key(cfg: CohortConfig, seed: int) -> str:
     """Content key of a cohort: configuration, seed and generator code."""
-    return content_key(dataclasses.asdict(cfg), int(seed), synth_code_version())
+    return content_key(dataclasses.asdict(cfg), int(seed), code_version(__name__))
 
 
 def _is_cached(path: Path, key: str) -> bool:
@@ -121,7 +109,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], cohort_cfg: CohortConfig, s
         "classes": {str(k): v for k, v in CLASSES.items()},
         "spacing_mm": [spacing] * 3,
         "content_key": key,
-        "generator": {"seed": int(seed), "code_version": synth_code_version(), "fov_mm": FOV_MM,
+        "generator": {"seed": int(seed), "code_version": code_version(__name__), "fov_mm": FOV_MM,
                       "config": dataclasses.asdict(cohort_cfg)},
         "atlases": [],
         **{s: [] for s in SPLITS},

@@ -1,4 +1,4 @@
-"""Imperfect "manual" binary vessel masks, as a clinician would draw them (DESIGN §6).
+"""Imperfect "manual" binary vessel masks, as a clinician would draw them (docs/design.md §9).
 
 Two kinds of error are simulated on the union of the true vessel labels:
 

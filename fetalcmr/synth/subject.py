@@ -44,7 +44,7 @@ class Subject:
 
 
 def label_problems(gt: np.ndarray, trachea: np.ndarray, cls: int) -> list[str]:
-    """Ways ``gt`` departs from the class template (empty when it matches DESIGN §6)."""
+    """Ways ``gt`` departs from the class template (empty when it matches docs/design.md §9)."""
     problems = []
     comps = components_per_label(gt, range(1, N_LABELS))
     bad = {k: v for k, v in comps.items() if v != 1}

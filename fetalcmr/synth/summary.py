@@ -16,6 +16,8 @@ from scipy import ndimage
 from fetalcmr.anatomy import LABEL_INDEX
 from fetalcmr.dataset import SPLITS, classes_of
 from fetalcmr.io import load_nifti
+from fetalcmr.metrics import region_metrics
+from fetalcmr.stats import mean_sd
 
 if TYPE_CHECKING:
     import matplotlib.figure
@@ -25,12 +27,6 @@ AO, DAO = LABEL_INDEX["AO"], LABEL_INDEX["DAO"]
 
 def _items(data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return [(split, item) for split in SPLITS for item in data.get(split, []) or []]
-
-
-def _mean_sd(values: list[float]) -> str:
-    if not values:
-        return "n/a"
-    return f"{np.mean(values):.1f} ({np.std(values, ddof=1) if len(values) > 1 else 0.0:.1f})"
 
 
 def cohort_table(data: dict[str, Any]) -> pd.DataFrame:
@@ -44,25 +40,23 @@ def cohort_table(data: dict[str, Any]) -> pd.DataFrame:
             row[split] = sum(s == split for s, _ in members)
         row["total"] = len(members)
         ga = [float(it["meta"]["ga_weeks"]) for _, it in members if "ga_weeks" in (it.get("meta") or {})]
-        row["GA weeks, mean (SD)"] = _mean_sd(ga)
+        row["GA weeks, mean (SD)"] = mean_sd(ga, 1)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
 def mask_quality(data: dict[str, Any]) -> pd.DataFrame:
-    """Per subject with both masks: precision, recall and Dice of ``binary`` against ``gt > 0``."""
+    """Per subject with both masks: precision, recall and Dice of ``binary`` against ``gt > 0``
+    (:func:`fetalcmr.metrics.region_metrics`: NaN where undefined, e.g. both masks empty)."""
     classes = classes_of(data)
     rows = []
     for split, item in _items(data):
         if "binary" not in item or "gt" not in item:
             continue
-        manual = load_nifti(item["binary"]).array > 0
-        truth = load_nifti(item["gt"]).array > 0
-        tp = float(np.logical_and(manual, truth).sum())
+        scores = region_metrics(load_nifti(item["binary"]).array > 0, load_nifti(item["gt"]).array > 0)
         rows.append({"id": item.get("id", item["image"]), "label": item.get("label", -1),
-                     "class": classes.get(item.get("label"), "?"),
-                     "split": split, "precision": tp / max(manual.sum(), 1), "recall": tp / max(truth.sum(), 1),
-                     "dice": 2 * tp / max(manual.sum() + truth.sum(), 1)})
+                     "class": classes.get(item.get("label"), "?"), "split": split,
+                     "precision": scores["precision"], "recall": scores["sensitivity"], "dice": scores["dice"]})
     return pd.DataFrame(rows, columns=["id", "label", "class", "split", "precision", "recall", "dice"])
 
 

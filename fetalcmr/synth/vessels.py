@@ -1,9 +1,9 @@
-"""The eleven labelled great vessels of each anomaly class as trees of smooth tubes (DESIGN §6).
+"""The eleven labelled great vessels of each anomaly class as trees of smooth tubes (docs/design.md §9).
 
 Control points are given for a 30-week fetus in the anatomical frame (mm; x to the subject's
 right, y anterior, z superior; trachea at x≈0, y=1) and then scaled by gestational age and
 deformed by the subject's smooth random deformation (:meth:`SubjectParams.place`).
-Diameters at 30 weeks follow DESIGN §6: ascending aorta ~5.2 mm, transverse arch ~3.9,
+Diameters at 30 weeks follow docs/design.md §9: ascending aorta ~5.2 mm, transverse arch ~3.9,
 DAO ~4.2, MPA ~6, duct ~4.2, branch pulmonary arteries ~3.4, SVC ~4, head-and-neck arteries
 ~2.1, pulmonary veins ~2.4.
 
