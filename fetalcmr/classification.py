@@ -238,7 +238,8 @@ def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, seg
     (segmenter, subjects, grids) in the folder ``cache_dir/softmax_<key>/`` (one file per subject,
     :mod:`fetalcmr.predict`'s format). It is read from ``softmax_dir`` (written by notebook 02
     for the same segmenter, completed by its ``done.json``) when every subject is there, else
-    computed here.
+    computed here. The samples are always built from the stored (float16) files, so a first run
+    and a cached run give the classifiers the same inputs.
     """
     from fetalcmr.data import make_samples
     from fetalcmr.dataset import SPLITS
@@ -258,6 +259,8 @@ def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, seg
         for sid, soft in softmax.items():
             save_softmax(softmax_file(cache, sid), soft)
         mark_fresh(cache / SOFTMAX_DONE, key, n_subjects=len(softmax))
+        # read back what was stored, so a first run and a cached run train on identical inputs
+        softmax = stored_softmax(cache, ids, grid=cfg.grid)
     samples = {split: classification_samples(v, softmax, grid=cfg.grid) for split, v in raw.items()}
     return ClassificationData(samples=samples, items=items, data_key=key, softmax_dir=cache)
 
