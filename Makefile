@@ -41,7 +41,7 @@ bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figu
 verify: $(STAMP)  ## regenerate PROFILE from scratch and compare its tables with the committed ones
 	$(PY) -m fetalcmr.verify --profile $(PROFILE) --seed $(SEED)
 
-mutation: $(STAMP)  ## mutation testing of the core modules, 45-80 min (MODULES="topology metrics" picks some; not in make test)
+mutation: $(STAMP)  ## mutation testing of the core modules, 35-80 min (MODULES="topology metrics" picks some; not in make test)
 	$(PY) tests/mutation/mutate.py $(if $(MODULES),--modules $(MODULES))
 
 clean:  ## remove generated data, executed notebooks and caches (keeps .venv and figures/)
