@@ -80,6 +80,7 @@ def bench_synth(work: Path) -> list[Row]:
 def bench_topology(work: Path) -> list[Row]:
     """Topology report per subject at the default grid."""
     from fetalcmr.config import get_profile
+    from fetalcmr.stage_bench import review_costs
     from fetalcmr.synth import generate_subject
     from fetalcmr.topology import betti_numbers, topology_report
 
@@ -88,8 +89,11 @@ def bench_topology(work: Path) -> list[Row]:
     per = [timed(lambda s=s, c=c: topology_report(s.gt, c, trachea_x_vox=s.meta.get("trachea_x_vox")), 3)[0]
            for c, s in enumerate(subjects)]
     betti = timed(lambda: betti_numbers(subjects[2].gt > 0), 3)[0]
+    review = review_costs("default")
     return [Row("topology", "topology report per subject, 64³", max(per), "s", 0.5),
-            Row("topology", "Betti numbers of the vessel mask, 64³", betti, "s")]
+            Row("topology", "Betti numbers of the vessel mask, 64³", betti, "s"),
+            Row("topology", "review per case (truth + 4 maps), 64³", review["review_s_per_case"], "s"),
+            Row("topology", "correct rates and McNemar on those reviews", review["stats_s"], "s")]
 
 
 def bench_render(work: Path) -> list[Row]:
@@ -171,10 +175,10 @@ def bench_propagation(work: Path) -> list[Row]:
 
 def bench_segmentation(work: Path) -> list[Row]:
     """Segmenter inference (default vs reference architecture) and training throughput."""
-    from fetalcmr.segmentation import benchmark
+    from fetalcmr.stage_bench import segmentation_costs
 
     units = {"threads": "", "train_samples_per_s": "1/s"}
-    rows = [Row("segmentation", k, float(v), units.get(k, "s")) for k, v in benchmark().items()]
+    rows = [Row("segmentation", k, float(v), units.get(k, "s")) for k, v in segmentation_costs().items()]
     est = next((r for r in rows if r.measure == "estimated_train_s_three_networks"), None)
     if est is not None:  # a share of the whole default reproduce (45 min budget, see MANIFEST wall times)
         rows.append(Row("segmentation", "default training of networks b, c, d (estimate)", est.value / 60, "min"))
@@ -193,11 +197,10 @@ def _flatten(prefix: str, d: dict[str, Any]) -> list[tuple[str, float]]:
 
 def bench_classification(work: Path) -> list[Row]:
     """Classifier training/inference cost per input type, and the joint step (default profile)."""
-    from fetalcmr.classification import benchmark as cls_bench
-    from fetalcmr.joint import benchmark as joint_bench
+    from fetalcmr.stage_bench import classification_costs, joint_costs
 
-    rows = [Row("classify", k, v, "") for k, v in _flatten("", cls_bench("default"))]
-    rows += [Row("joint", k, v, "") for k, v in _flatten("", joint_bench("default"))]
+    rows = [Row("classify", k, v, "") for k, v in _flatten("", classification_costs("default"))]
+    rows += [Row("joint", k, v, "") for k, v in _flatten("", joint_costs("default"))]
     return rows
 
 

@@ -1,5 +1,5 @@
 """Anomaly classification (notebook 03): classifier inputs, experiments over input types and seeds,
-test-set evaluation and a benchmark.
+and the test predictions (scores, tables and figures: :mod:`fetalcmr.classification_report`).
 
 Three inputs are compared on the same split (docs/design.md §4): the ``image`` alone (1 channel), the
 ``softmax`` of the frozen LP+manual segmenter (12 channels), and ``softmax+image`` (13
@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,15 +38,12 @@ from tqdm.auto import tqdm
 
 from fetalcmr.anatomy import CLASSES, N_LABELS
 from fetalcmr.cache import code_version, content_key, mark_fresh
-from fetalcmr.calibration import expected_calibration_error, reliability_table
-from fetalcmr.classmetrics import balanced_accuracy, confusion, per_class_scores
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import make_classifier
 from fetalcmr.paths import RunPaths
 from fetalcmr.predict import SOFTMAX_DONE, load_softmax, predict_volume, save_softmax, softmax_file
 from fetalcmr.segmentation import METHOD as SEGMENTER_METHOD
 from fetalcmr.segmentation import SegmentationOutputs
-from fetalcmr.stats import mean_sd
 from fetalcmr.train import TrainConfig, TrainResult, load_checkpoint, read_history, train
 
 #: The notebook of this stage.
@@ -474,231 +471,3 @@ def load_classification(paths: RunPaths) -> ClassificationOutputs:
     """
     paths.require(STAGE, paths.outputs_record(STAGE), paths.results_dir / PREDICTIONS_CSV)
     return _read_outputs(paths)
-
-
-# --------------------------------------------------------------------------------------------
-# evaluation
-
-
-def run_scores(predictions: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
-    """Return one row per (kind, seed): balanced accuracy, accuracy and ECE on the test subjects."""
-    rows = []
-    for (kind, seed), g in predictions.groupby(["kind", "seed"], sort=False):
-        rows.append({"kind": kind, "seed": int(seed),
-                     "balanced_accuracy": balanced_accuracy(g["label"], g["pred"]),
-                     "accuracy": float((g["label"] == g["pred"]).mean()),
-                     "ece": expected_calibration_error(probs_of(g), g["label"], n_bins)})
-    return pd.DataFrame(rows)
-
-
-def summary_table(runs: Sequence[ClassificationRun], n_bins: int = 10) -> pd.DataFrame:
-    """Return one row per input type: channels, balanced accuracy and ECE as mean (sd) over seeds, costs."""
-    preds = pd.concat([r.predictions for r in runs], ignore_index=True)
-    scores = run_scores(preds, n_bins)
-    rows = []
-    for kind in dict.fromkeys(r.kind for r in runs):
-        s = scores[scores["kind"] == kind]
-        mine = [r for r in runs if r.kind == kind]
-        rows.append({
-            "input": kind, "channels": input_channels(kind), "seeds": len(mine),
-            "balanced_accuracy": mean_sd(s["balanced_accuracy"]),
-            "bacc_mean": float(s["balanced_accuracy"].mean()),
-            "bacc_sd": float(s["balanced_accuracy"].std(ddof=1)) if len(s) > 1 else float("nan"),
-            "ece": mean_sd(s["ece"]),
-            "train_s_per_run": float(np.mean([r.train_seconds for r in mine])),
-            "infer_s_per_subject": float(np.mean([r.infer_seconds_per_subject for r in mine])),
-        })
-    return pd.DataFrame(rows)
-
-
-def per_class_table(predictions: pd.DataFrame, classes: Mapping[int, str] = CLASSES) -> pd.DataFrame:
-    """Return per input type and class: precision, recall and F1 as mean (sd) over seeds, and support."""
-    rows = []
-    for kind, g in predictions.groupby("kind", sort=False):
-        per_seed = [per_class_scores(gs["label"], gs["pred"], classes) for _, gs in g.groupby("seed")]
-        stacked = pd.concat(per_seed)
-        for c, name in sorted(classes.items()):
-            sc = stacked[stacked["class"] == c]
-            rows.append({"input": kind, "class": name,
-                         **{m: mean_sd(sc[m]) for m in ("precision", "recall", "f1")},
-                         "support": int(sc["support"].iloc[0])})
-    return pd.DataFrame(rows)
-
-
-def pooled_confusion(predictions: pd.DataFrame, kind: str, n_classes: int = len(CLASSES)) -> np.ndarray:
-    """Return the confusion matrix of input ``kind`` summed over its seeds."""
-    g = predictions[predictions["kind"] == kind]
-    return confusion(g["label"], g["pred"], n_classes)
-
-
-def pooled_reliability(predictions: pd.DataFrame, kind: str, n_bins: int = 10) -> pd.DataFrame:
-    """Return the reliability table of input ``kind`` pooled over its seeds."""
-    g = predictions[predictions["kind"] == kind]
-    return reliability_table(probs_of(g), g["label"], n_bins)
-
-
-def with_metadata(predictions: pd.DataFrame, items: Sequence[Mapping[str, Any]],
-                  keys: Sequence[str] = ("arch_side", "coa_isthmus_ratio", "daa_minor_ratio", "ga_weeks")
-                  ) -> pd.DataFrame:
-    """Return ``predictions`` with the cohort metadata ``keys`` of each subject joined on ``id``."""
-    meta = pd.DataFrame([{"id": str(it["id"]), **{k: (it.get("meta") or {}).get(k, np.nan) for k in keys}}
-                         for it in items])
-    return predictions.merge(meta, on="id", how="left")
-
-
-def confusion_cases(predictions: pd.DataFrame, items: Sequence[Mapping[str, Any]],
-                    classes: Mapping[int, str] = CLASSES) -> pd.DataFrame:
-    """Return per input type and (true, predicted) class pair the share of wrong calls and metadata.
-
-    Only misclassified pairs are listed, with how many subject-seed predictions fell there and the
-    mean of the class-shape metadata of those subjects (e.g. the DAA minor-arch ratio).
-    """
-    df = with_metadata(predictions, items)
-    wrong = df[df["label"] != df["pred"]]
-    rows = []
-    for (kind, t, p), g in wrong.groupby(["kind", "label", "pred"], sort=False):
-        n_total = int((df["kind"] == kind).sum())
-        row = {"input": kind, "true": classes[int(t)], "predicted": classes[int(p)], "predictions": len(g),
-               "share_of_all": len(g) / max(n_total, 1), "subjects": g["id"].nunique()}
-        for k in ("daa_minor_ratio", "coa_isthmus_ratio"):
-            v = pd.to_numeric(g[k], errors="coerce").dropna()
-            row[f"mean_{k}"] = float(v.mean()) if len(v) else float("nan")
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def describe_confusions(predictions: pd.DataFrame, items: Sequence[Mapping[str, Any]],
-                        classes: Mapping[int, str] = CLASSES, daa: int = 2) -> str:
-    """Return sentences naming each input type's most frequent confusion and, for DAA subjects,
-    the minor-arch ratio of those called DAA against those called otherwise."""
-    df = with_metadata(predictions, items)
-    lines = []
-    for kind, g in df.groupby("kind", sort=False):
-        wrong = g[g["label"] != g["pred"]]
-        if wrong.empty:
-            lines.append(f"{kind}: no test subject misclassified by any seed.")
-            continue
-        (t, p), n = next(iter(wrong.groupby(["label", "pred"]).size().sort_values(ascending=False).items()))
-        text = (f"{kind}: {len(wrong)} of {len(g)} subject-seed predictions wrong; most often "
-                f"{classes[int(t)]} called {classes[int(p)]} ({n}).")
-        d = g[g["label"] == daa]
-        ratio = pd.to_numeric(d["daa_minor_ratio"], errors="coerce")
-        ok, missed = ratio[d["pred"] == daa].dropna(), ratio[d["pred"] != daa].dropna()
-        if len(missed) and len(ok):
-            text += (f" DAA minor-arch ratio: {missed.mean():.2f} where DAA was missed vs {ok.mean():.2f} "
-                     "where it was found.")
-        elif len(missed):
-            text += f" Every DAA prediction missed (minor-arch ratio {missed.mean():.2f} on average)."
-        lines.append(text)
-    return "\n".join(lines)
-
-
-def plot_confusions(predictions: pd.DataFrame, kinds: Sequence[str], classes: Mapping[int, str] = CLASSES) -> Any:
-    """Return a figure with one confusion matrix per input type (counts summed over seeds)."""
-    import matplotlib.pyplot as plt
-
-    from fetalcmr.classmetrics import plot_confusion
-
-    fig, axes = plt.subplots(1, len(kinds), figsize=(3.6 * len(kinds), 3.4), squeeze=False)
-    names = [classes[c] for c in sorted(classes)]
-    for ax, kind in zip(axes[0], kinds, strict=True):
-        n_seeds = predictions.loc[predictions["kind"] == kind, "seed"].nunique()
-        plot_confusion(pooled_confusion(predictions, kind, len(classes)), names, ax,
-                       title=f"{kind} ({n_seeds} seed{'s' if n_seeds != 1 else ''})")
-    fig.tight_layout()
-    return fig
-
-
-def plot_reliability_by_kind(predictions: pd.DataFrame, kinds: Sequence[str], n_bins: int = 10) -> Any:
-    """Return a figure: reliability curves per input type (left) and confidence histograms (right)."""
-    import matplotlib.pyplot as plt
-
-    from fetalcmr.calibration import plot_reliability
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    plot_reliability({k: pooled_reliability(predictions, k, n_bins) for k in kinds}, axes[0],
-                     title="reliability (pooled over seeds)")
-    for kind in kinds:
-        conf = probs_of(predictions[predictions["kind"] == kind]).max(1)
-        axes[1].hist(conf, bins=np.linspace(0, 1, n_bins + 1), histtype="step", lw=1.5, label=kind)
-    axes[1].set(xlabel="confidence (top class)", ylabel="subject-seed predictions", title="confidence")
-    axes[1].legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def plot_daa_ratio(predictions: pd.DataFrame, items: Sequence[Mapping[str, Any]], kinds: Sequence[str],
-                   daa: int = 2) -> Any:
-    """Return a figure: per DAA test subject, the share of seeds calling it DAA against its minor-arch ratio."""
-    import matplotlib.pyplot as plt
-
-    df = with_metadata(predictions, items)
-    d = df[df["label"] == daa].copy()
-    d["called_daa"] = (d["pred"] == daa).astype(float)
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for i, kind in enumerate(kinds):
-        g = d[d["kind"] == kind].groupby("id").agg(ratio=("daa_minor_ratio", "first"), share=("called_daa", "mean"))
-        ratio = pd.to_numeric(g["ratio"], errors="coerce")
-        ax.scatter(ratio, g["share"] + (i - 1) * 0.03, label=kind, s=30, alpha=0.8)
-    ax.set(xlabel="DAA minor (left) / dominant arch diameter ratio", ylabel="share of seeds calling it DAA",
-           ylim=(-0.1, 1.1), title="DAA test subjects")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-# --------------------------------------------------------------------------------------------
-# benchmark
-
-
-def _time_steps(model: nn.Module, x: torch.Tensor, labels: torch.Tensor, steps: int) -> tuple[float, float]:
-    """Return (training s/sample, inference s/sample) of ``model`` on the batch ``x``."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    model.train()
-    loss = F.cross_entropy(model(x), labels)  # warm-up step (allocations)
-    loss.backward()
-    opt.step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(model(x), labels).backward()
-        opt.step()
-    train_s = (time.perf_counter() - t0) / (steps * x.shape[0])
-    model.eval()
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            model(x)
-    return train_s, (time.perf_counter() - t0) / (steps * x.shape[0])
-
-
-def benchmark(profile: str = "default", *, steps: int = 2, batch_size: int | None = None,
-              source_grid: int | None = None,
-              kinds: Sequence[str] = INPUT_KINDS, timer: Callable[..., tuple[float, float]] | None = None
-              ) -> dict[str, Any]:
-    """Return measured classifier costs of ``profile`` per input type (random inputs, this machine).
-
-    Keys: ``profile``, ``arch``, ``grid`` (classifier input grid), ``threads`` and, per input
-    type, ``train_s_per_sample`` and ``infer_s_per_sample`` (forward+backward / forward, from
-    the cohort grid, pooling included), plus ``train_s_per_epoch`` for the profile's training set.
-    """
-    from fetalcmr.config import get_profile
-
-    prof = get_profile(profile)
-    cfg = prof.classifier
-    grid = source_grid or prof.cohort.grid
-    bs = batch_size or cfg.batch_size
-    timer = timer or _time_steps
-    n_train = round(prof.cohort.n_subjects * prof.cohort.split_fractions[0])
-    out: dict[str, Any] = {"profile": profile, "arch": cfg.arch, "grid": cfg.grid or grid,
-                           "source_grid": grid, "threads": torch.get_num_threads(), "batch_size": bs}
-    for kind in kinds:
-        torch.manual_seed(0)
-        model = build_classifier(cfg, kind)
-        x = torch.rand(bs, N_LABELS + 1, *(cfg.grid or grid,) * 3)  # samples are cached pooled
-        labels = torch.arange(bs) % len(CLASSES)
-        train_s, infer_s = timer(model, x, labels, steps)
-        out[kind] = {"train_s_per_sample": train_s, "infer_s_per_sample": infer_s,
-                     "train_s_per_epoch": train_s * n_train}
-    return out

@@ -1,6 +1,6 @@
 """Topology review across methods (notebook 05): per-subject verdicts of label propagation, the
-LP-only and LP+manual networks and joint training; correct rates with confidence intervals; a
-paired McNemar test; an expert review sheet and its agreement (Cohen's kappa) with the verdicts.
+LP-only and LP+manual networks and joint training; an expert review sheet and its agreement
+(Cohen's kappa) with the verdicts. Rates, tests and figures are in :mod:`fetalcmr.review_report`.
 
 Each test subject's label maps (truth where known, the LP baseline, each network's prediction)
 are brought onto the prediction's grid and judged by :func:`fetalcmr.topology.topology_report`
@@ -8,11 +8,6 @@ against the subject's *true* class template (topology needs no ground-truth segm
 Methods are the :mod:`fetalcmr.methods` registry's (:data:`REVIEWED`); reports, tables and figures
 name them by its ``short`` label. The networks' prediction folders come from the stage outputs of
 notebooks 02 and 04 (:func:`network_dirs`).
-
->>> reports = pd.DataFrame({"id": ["a", "b"], "cls": [2, 2], "method": "joint", "correct": [True, False]})
->>> all_ = correct_rates(reports).set_index("class").loc["all"]
->>> int(all_["n"]), int(all_["n_correct"]), round(float(all_["ci_low"]), 3), round(float(all_["ci_high"]), 3)
-(2, 1, 0.095, 0.905)
 """
 
 from __future__ import annotations
@@ -26,11 +21,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fetalcmr.anatomy import CLASSES, LABEL_INDEX
 from fetalcmr.io import DataError, load_nifti, resample_labels
 from fetalcmr.methods import METHODS
 from fetalcmr.metrics import mean_dice
-from fetalcmr.stats import mcnemar_exact, proportion_ci
 from fetalcmr.topology import topology_report
 
 #: The reviewed methods (registry ids), in display order: the truth, the LP baseline, the networks.
@@ -190,50 +183,6 @@ def review_table(cases: Iterable[ReviewCase], *, progress: bool = False) -> pd.D
 
 
 # ----------------------------------------------------------------------------------------------
-# Statistics
-
-
-def correct_rates(reports: pd.DataFrame, *, alpha: float = 0.05, method: str = "wilson",
-                  classes: Mapping[int, str] = CLASSES) -> pd.DataFrame:
-    """Return the topologically correct rate per method and class (and over all classes) with CIs.
-
-    Columns: ``method, class, n, n_correct, rate, ci_low, ci_high``; methods in :func:`review_order`.
-    """
-    rows = []
-    order = review_order()
-    methods = [m for m in order if m in set(reports["method"])] + \
-        [m for m in dict.fromkeys(reports["method"]) if m not in order]
-    for m in methods:
-        g = reports[reports["method"] == m]
-        groups = [(classes.get(c, str(c)), g[g["cls"] == c]) for c in sorted(classes)]
-        for name, sub in [*groups, ("all", g)]:
-            n, k = len(sub), int(sub["correct"].astype(bool).sum())
-            lo, hi = proportion_ci(k, n, alpha, method)
-            rows.append({"method": m, "class": name, "n": n, "n_correct": k,
-                         "rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=["method", "class", "n", "n_correct", "rate", "ci_low", "ci_high"])
-
-
-def mcnemar_table(reports: pd.DataFrame, a: str, b: str, subsets: Mapping[str, Iterable[str]]) -> pd.DataFrame:
-    """Return one exact McNemar row per subset of subject ids: method ``a`` vs ``b`` on the subjects
-    both were reviewed on. Columns: ``subset, a, b, n, both_correct, only_a, only_b, both_wrong,
-    rate_a, rate_b, p_value``."""
-    wide = reports[reports["method"].isin([a, b])].pivot_table(
-        index="id", columns="method", values="correct", aggfunc="first")
-    rows = []
-    for name, ids in subsets.items():
-        sub = wide.loc[wide.index.isin(set(ids))].dropna() if {a, b} <= set(wide.columns) else wide.iloc[:0]
-        res = mcnemar_exact(sub[a].astype(bool).tolist() if len(sub) else [],
-                            sub[b].astype(bool).tolist() if len(sub) else []).as_dict()
-        n = res["n"]
-        rows.append({"subset": name, "a": a, "b": b, **res,
-                     "rate_a": (res["both_correct"] + res["only_a"]) / n if n else float("nan"),
-                     "rate_b": (res["both_correct"] + res["only_b"]) / n if n else float("nan")})
-    cols = ["subset", "a", "b", "n", "both_correct", "only_a", "only_b", "both_wrong", "rate_a", "rate_b", "p_value"]
-    return pd.DataFrame(rows, columns=cols)
-
-
-# ----------------------------------------------------------------------------------------------
 # Predicted classes (notebook 04: :attr:`fetalcmr.joint.JointOutputs.class_predictions`)
 
 
@@ -334,152 +283,3 @@ def expert_agreement(sheet: pd.DataFrame, reports: pd.DataFrame) -> dict[str, An
     if n >= 2 and len(set(e.tolist()) | set(a.tolist())) > 1:
         out["kappa"] = float(cohen_kappa_score(e, a))
     return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Selections and figures
-
-
-def worst_cases(reports: pd.DataFrame, n: int = 3) -> list[str]:
-    """Return up to ``n`` subject ids with the most verdict reasons summed over the methods
-    (truth excluded); only subjects with at least one reason, ties broken by id."""
-    g = reports[reports["method"] != TRUTH].groupby("id")["n_reasons"].sum()
-    g = g[g > 0]
-    return [str(i) for i, _ in sorted(g.items(), key=lambda kv: (-kv[1], str(kv[0])))[:n]]
-
-
-def verdict_text(reports: pd.DataFrame, sid: str, method: str) -> str:
-    """Return "correct" or "WRONG (k)" for one subject and method (k = number of reasons)."""
-    row = reports[(reports["id"] == sid) & (reports["method"] == method)]
-    if row.empty:
-        return "not reviewed"
-    r = row.iloc[0]
-    return "correct" if bool(r["correct"]) else f"WRONG ({int(r['n_reasons'])})"
-
-
-#: Render detail tiers: (largest vessel-voxel count of the maps in a figure, marching-cubes step,
-#: vertex-clustering cell in voxels). A badly trained network can label half the volume (hundreds
-#: of thousands of faces, a minute a panel); such maps are drawn coarser so review stays fast.
-RENDER_TIERS: tuple[tuple[int, int, float], ...] = ((15_000, 1, 1.25), (40_000, 2, 2.5), (2**62, 3, 3.0))
-
-
-def render_detail(maps: Iterable[np.ndarray]) -> tuple[int, float]:
-    """Return ``(step_size, decimate)`` for surface renders of ``maps`` (see ``RENDER_TIERS``)."""
-    biggest = max((int(np.count_nonzero(m)) for m in maps), default=0)
-    return next((step, dec) for limit, step, dec in RENDER_TIERS if biggest <= limit)
-
-
-def detail_per_map(maps: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
-    """Return ``{"step_size": {name: step}, "decimate": {name: cell}}`` from :func:`render_detail` of each map."""
-    detail = {name: render_detail([m]) for name, m in maps.items()}
-    return {"step_size": {k: d[0] for k, d in detail.items()}, "decimate": {k: d[1] for k, d in detail.items()}}
-
-
-def worst_method(reports: pd.DataFrame, sid: str) -> str | None:
-    """Return the method (truth excluded) with the most failed checks on subject ``sid``."""
-    g = reports[(reports["id"] == sid) & (reports["method"] != TRUTH)]
-    g = g[g["n_reasons"] > 0]
-    return None if g.empty else str(g.sort_values("n_reasons", ascending=False, kind="stable").iloc[0]["method"])
-
-
-def render_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame,
-                 methods: Sequence[str] | Mapping[str, Sequence[str]], *,
-                 views: Sequence[str] = ("anterior", "superior"), title: str | None = None) -> Any:
-    """Return one :func:`render.render_comparison` figure: for each case, one row per method in
-    ``methods`` (or ``methods[case id]``) it has, labelled with the id and the verdict.
-
-    Surface detail follows :func:`render_detail` of each map (coarser only for huge maps).
-    """
-    from fetalcmr.render import render_comparison
-
-    maps: dict[str, np.ndarray] = {}
-    for c in cases:
-        wanted = methods.get(c.id, ()) if isinstance(methods, Mapping) else methods
-        for m in wanted:
-            if m in c.maps:
-                maps[f"{c.id} {m}\n{verdict_text(reports, c.id, m)}"] = c.maps[m]
-    if not maps:
-        raise ValueError("render_cases: none of the cases has a label map of the methods asked")
-    return render_comparison(maps, cases[0].spacing_mm, views=views, title=title, **detail_per_map(maps))
-
-
-def plot_correct_rates(rates: pd.DataFrame, ax: Any, *, colors: Mapping[str, str] | None = None) -> None:
-    """Draw grouped bars of the correct rate by class (groups) and method (bars) with CI whiskers
-    (each reviewed method in its registry colour unless ``colors`` names another)."""
-    classes = list(dict.fromkeys(rates["class"]))
-    methods = list(dict.fromkeys(rates["method"]))
-    default = {METHODS[m].short: METHODS[m].colour for m in REVIEWED}
-    colors = {**default, **(colors or {})}
-    width = 0.8 / max(len(methods), 1)
-    x = np.arange(len(classes))
-    for k, m in enumerate(methods):
-        g = rates[rates["method"] == m].set_index("class").reindex(classes)
-        pos = x - 0.4 + width * (k + 0.5)
-        rate = g["rate"].to_numpy(float)
-        err = np.vstack([rate - g["ci_low"].to_numpy(float), g["ci_high"].to_numpy(float) - rate])
-        ax.bar(pos, np.nan_to_num(rate), width, color=colors.get(m, None), label=m, edgecolor="0.3", linewidth=0.5)
-        ax.errorbar(pos, rate, yerr=np.nan_to_num(err), fmt="none", ecolor="0.2", capsize=2, linewidth=0.8)
-        for p, (nn, kk) in zip(pos, zip(g["n"].fillna(0), g["n_correct"].fillna(0), strict=True), strict=True):
-            ax.text(p, 1.02, f"{int(kk)}/{int(nn)}", ha="center", va="bottom", fontsize=6, rotation=90)
-    ax.set_xticks(x, classes)
-    ax.set_ylim(0, 1.22)
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("topologically correct rate")
-    ax.legend(fontsize=7, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, -0.08), frameon=False)
-
-
-def gallery_cases(cases: Sequence[ReviewCase], reports: pd.DataFrame) -> list[dict[str, Any]]:
-    """Return :func:`gallery.write_gallery` cases: every map, per-method verdict, reasons, Dice
-    (surface detail per map from :func:`render_detail`: coarser only for huge maps)."""
-    out = []
-    cols = ["method", "correct", "mean_dice", "n_reasons", "arch_b0", "arch_b1", "arch_side", "reasons", "warnings"]
-    for c in cases:
-        rep = reports[reports["id"] == c.id]
-        metrics = rep[[k for k in cols if k in rep.columns]].copy()
-        if c.truth is None:
-            metrics = metrics.drop(columns=["mean_dice"], errors="ignore")
-        summary: dict[str, Any] = {"class": CLASSES.get(c.cls, str(c.cls))}
-        summary.update({m: verdict_text(reports, c.id, m) for m in c.maps if m != TRUTH})
-        notes = [f"True class {CLASSES.get(c.cls, c.cls)}; every map is judged against that class's template."]
-        if c.truth is None:
-            notes.append("No ground truth in this dataset: only the predictions are shown.")
-        out.append({"id": c.id, "labelmaps": c.maps, "spacing_mm": c.spacing_mm, **detail_per_map(c.maps),
-                    "title": f"{c.id} — {CLASSES.get(c.cls, c.cls)}", "metrics": metrics,
-                    "summary": summary, "notes": notes})
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
-# Benchmark
-
-
-def benchmark(profile: str = "default", *, n_subjects: int = 3) -> dict[str, Any]:
-    """Return timings of the review at ``profile``'s grid: report seconds per map and per case
-    (truth + 4 perturbed copies standing in for methods), and the statistics on the result."""
-    from fetalcmr.config import get_profile
-    from fetalcmr.synth import generate_subject
-
-    cfg = get_profile(profile).cohort
-    cases = []
-    for s in range(n_subjects):
-        sub = generate_subject(s % 3, seed=s, grid=cfg.grid, spacing_mm=cfg.spacing_mm)
-        broken = sub.gt.copy()
-        broken[broken == LABEL_INDEX["LSA"]] = 0
-        truth, lp, only, manual, joint = review_order()
-        maps = {truth: sub.gt, lp: sub.gt, only: broken, manual: sub.gt, joint: sub.gt}
-        cases.append(ReviewCase(f"b{s}", s % 3, (cfg.spacing_mm,) * 3, maps, trachea_mask=sub.trachea > 0))
-    t0 = time.perf_counter()
-    reports = review_table(cases)
-    review_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    correct_rates(reports)
-    mcnemar_table(reports, METHODS["net_lp_manual"].short, METHODS["joint"].short, {"all": reports["id"]})
-    stats_s = time.perf_counter() - t0
-    n_maps = len(reports)
-    return {"grid": cfg.grid, "n_cases": n_subjects, "n_maps": n_maps,
-            "report_s_per_map_mean": float(reports["seconds"].mean()),
-            "report_s_per_map_max": float(reports["seconds"].max()),
-            "review_s_per_case": review_s / n_subjects, "stats_s": stats_s,
-            "broken_flagged": bool((~reports.loc[reports["method"] == METHODS["net_lp"].short, "correct"]
-                                    .astype(bool)).all())}
-

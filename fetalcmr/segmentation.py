@@ -1,4 +1,5 @@
-"""Weakly supervised segmentation experiments (notebook 02): four methods on one split.
+"""Weakly supervised segmentation experiments (notebook 02): four methods on one split (their
+tables and figures: :mod:`fetalcmr.segmentation_report`).
 
 (a) ``lp``: label propagation (the atlas of the subject's true class warped onto it);
 (b) ``net_lp``: Attention U-Net trained on the propagated labels alone;
@@ -33,18 +34,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from fetalcmr.anatomy import CLASSES, LABEL_INDEX, LABELS
+from fetalcmr.anatomy import CLASSES, LABELS
 from fetalcmr.cache import code_version, content_key, file_digest
 from fetalcmr.config import SegmenterConfig
 from fetalcmr.data import load_volume, make_samples
 from fetalcmr.dataset import training_view
 from fetalcmr.io import load_nifti, save_nifti
-from fetalcmr.methods import get, methods_of
-from fetalcmr.metrics import subject_mean_dice
+from fetalcmr.methods import get
 from fetalcmr.models import make_segmenter
 from fetalcmr.paths import RunPaths, outputs_record
 from fetalcmr.predict import SOFTMAX_DONE, predict_volume, save_softmax, softmax_file
-from fetalcmr.stats import mean_sd, paired_wilcoxon
 from fetalcmr.train import TrainConfig, TrainResult, train
 
 #: The notebook whose methods these are (:func:`fetalcmr.methods.methods_of`).
@@ -217,171 +216,6 @@ def supervision_agreement(items: Sequence[Mapping[str, Any]], *, grid: int | Non
     return pd.DataFrame(rows)
 
 
-def wilcoxon_tests(per_label: pd.DataFrame, reference: str = METHOD,
-                   others: Sequence[str] = ("lp", "net_lp")) -> pd.DataFrame:
-    """Return paired Wilcoxon signed-rank tests of per-subject mean Dice: ``reference`` vs each other.
-
-    One row per comparison on the subjects both methods were evaluated on
-    (:func:`fetalcmr.stats.paired_wilcoxon`: W and p are NaN with fewer than 2 subjects or no difference);
-    the reference's mean is the column ``mean_dice_<its letter>``.
-    """
-    wide = subject_mean_dice(per_label).unstack("method")
-    rows = []
-    for other in others:
-        if reference not in wide or other not in wide:
-            continue
-        pair = wide[[reference, other]].dropna()
-        t = paired_wilcoxon(pair[reference], pair[other])
-        rows.append({"comparison": f"{get(reference).label} vs {get(other).label}",
-                     "n_subjects": t.n, f"mean_dice_{get(reference).letter}": t.mean_a, "mean_dice_other": t.mean_b,
-                     "median_difference": t.median_diff, "subjects_improved": t.n_a_greater,
-                     "wilcoxon_W": t.statistic, "p_value": t.p_value})
-    return pd.DataFrame(rows)
-
-
-def dice_table(per_label: pd.DataFrame, region: pd.DataFrame, metric: str = "dice") -> pd.DataFrame:
-    """Return ``metric`` as "mean (sd)" per vessel label (rows) and method (columns), plus the region row."""
-    present = set(per_label["method"]) | set(region["method"])
-    methods = [m for m in methods_of(STAGE) if m.id in present]
-    rows = []
-    for (_lab, name), grp in per_label.groupby(["label", "name"], sort=True):
-        row = {"label": name}
-        for m in methods:
-            row[m.label] = mean_sd(grp.loc[grp["method"] == m.id, metric], 3) if m.multiclass else "–"
-        rows.append(row)
-    if metric in region:
-        row = {"label": "vessel region (binary)"}
-        for m in methods:
-            row[m.label] = mean_sd(region.loc[region["method"] == m.id, metric], 3)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def by_class_table(per_label: pd.DataFrame, region: pd.DataFrame) -> pd.DataFrame:
-    """Return mean (sd) per-subject mean Dice by anomaly class and method, and region Dice for (d)."""
-    subj = subject_mean_dice(per_label, ("method", "class", "id")).reset_index()
-    rows = []
-    for cls in sorted(set(region["class"]), key=lambda c: list(CLASSES.values()).index(c)
-                      if c in CLASSES.values() else 99):
-        row: dict[str, Any] = {"class": cls, "n": int(region.loc[region["class"] == cls, "id"].nunique())}
-        for m in methods_of(STAGE):
-            if m.multiclass:
-                vals = subj.loc[(subj["method"] == m.id) & (subj["class"] == cls), "dice"]
-                row[f"{m.label} mean vessel Dice"] = mean_sd(vals, 3)
-        for m in methods_of(STAGE):
-            vals = region.loc[(region["method"] == m.id) & (region["class"] == cls), "dice"]
-            if len(vals):
-                row[f"{m.label} region Dice"] = mean_sd(vals, 3)
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-# --------------------------------------------------------------------------------------------
-# figures
-
-
-def plot_dice_boxplots(per_label: pd.DataFrame, region: pd.DataFrame, *, title: str = "") -> Any:
-    """Return a figure: per-label Dice box plots by method (a–c) and the region Dice of all methods
-    (registry labels and colours)."""
-    import matplotlib.pyplot as plt
-
-    methods = [m for m in methods_of(STAGE) if m.multiclass and m.id in set(per_label["method"])]
-    names = [n for _, n in sorted(set(zip(per_label["label"], per_label["name"], strict=True)))]
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(13, 4.2), gridspec_kw={"width_ratios": [5, 1.3]})
-    width = 0.8 / max(len(methods), 1)
-    for k, m in enumerate(methods):
-        data = [per_label.loc[(per_label["method"] == m.id) & (per_label["name"] == n), "dice"].dropna().to_numpy()
-                for n in names]
-        pos = np.arange(len(names)) + (k - (len(methods) - 1) / 2) * width
-        bp = ax.boxplot(data, positions=pos, widths=width * 0.9, patch_artist=True, showfliers=True,
-                        flierprops={"markersize": 2})
-        for box in bp["boxes"]:
-            box.set(facecolor=m.colour, alpha=0.8)
-        ax.plot([], [], "s", color=m.colour, label=m.label)
-    ax.set_xticks(np.arange(len(names)), names)
-    ax.set(ylabel="Dice vs ground truth", ylim=(0, 1), title="per-vessel Dice (test subjects)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left", ncol=len(methods))
-    rmethods = [m for m in methods_of(STAGE) if m.id in set(region["method"])]
-    bp = ax2.boxplot([region.loc[region["method"] == m.id, "dice"].to_numpy() for m in rmethods],
-                     patch_artist=True, flierprops={"markersize": 2})
-    for box, m in zip(bp["boxes"], rmethods, strict=True):
-        box.set(facecolor=m.colour, alpha=0.8)
-    ax2.set_xticks(range(1, len(rmethods) + 1), [f"({m.letter})" for m in rmethods])
-    ax2.set(ylim=(0, 1), title="vessel region Dice")
-    ax2.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def label_colours(n: int = len(LABELS)) -> np.ndarray:
-    """Return an [n, 4] RGBA table: transparent background, each vessel in its :mod:`fetalcmr.render` colour."""
-    from fetalcmr.render import label_colors
-
-    table = np.zeros((n, 4))
-    for label, rgb in label_colors(range(1, n)).items():
-        table[label] = (*rgb, 1.0)
-    return table
-
-
-def coronal_projection(labels: np.ndarray) -> np.ndarray:
-    """Return the [x, z] label map seen from the front: the most anterior vessel along each ray."""
-    fg = labels > 0
-    idx = (labels.shape[1] - 1) - np.argmax(fg[:, ::-1, :], axis=1)  # largest y (anterior) first
-    proj = np.take_along_axis(labels, idx[:, None, :], axis=1)[:, 0, :]
-    return np.where(fg.any(axis=1), proj, 0)
-
-
-def pick_subjects(per_label: pd.DataFrame, method: str = METHOD) -> dict[str, str]:
-    """Return ``{"best", "median", "worst": subject id}`` by per-subject mean Dice of ``method``."""
-    scores = subject_mean_dice(per_label).unstack("method")[method].dropna().sort_values()
-    return {"best": scores.index[-1], "median": scores.index[len(scores) // 2], "worst": scores.index[0]}
-
-
-def plot_overlays(cases: Mapping[str, Mapping[str, Any]], *, method_label: str = get(METHOD).label,
-                  title: str = "") -> Any:
-    """Return a figure: per case (rows) the coronal label view of ``gt`` and prediction, and an axial slice.
-
-    ``cases`` maps a row title to ``{"image": [x,y,z], "gt": [x,y,z], "pred": [x,y,z], "dice": float}``.
-    Arrays are RAS (x to the subject's right): displayed in radiological convention (subject's
-    right on the viewer's left), anterior (axial) or superior (front view) up.
-    """
-    import matplotlib.pyplot as plt
-
-    colours = label_colours()
-    fig, axes = plt.subplots(len(cases), 4, figsize=(12.5, 3.2 * len(cases)), squeeze=False)
-    for r, (name, case) in enumerate(cases.items()):
-        image, gt, pred = case["image"], case["gt"], case["pred"]
-        ao = gt == LABEL_INDEX["AO"]
-        z = int(np.argmax(ao.sum(axis=(0, 1)))) if ao.any() else gt.shape[2] // 2  # the arch's level
-        views = [("ground truth (front view)", None, coronal_projection(gt)),
-                 (f"{method_label} (front view)", None, coronal_projection(pred)),
-                 (f"ground truth, axial z={z}", image[:, :, z], gt[:, :, z]),
-                 (f"{method_label}, axial z={z}", image[:, :, z], pred[:, :, z])]
-        for c, (label, background, lab) in enumerate(views):
-            ax = axes[r, c]
-            lab = lab[::-1]  # radiological display: the subject's right (+x) on the viewer's left
-            background = None if background is None else background[::-1]
-            if background is not None:
-                ax.imshow(background.T, cmap="gray", origin="lower")
-            else:
-                ax.imshow(np.zeros(lab.T.shape), cmap="gray", origin="lower", vmin=0, vmax=1)
-            ax.imshow(colours[np.clip(lab, 0, len(colours) - 1)].transpose(1, 0, 2), origin="lower",
-                      alpha=0.85 if background is None else 0.6)
-            ax.set_title(label, fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(f"{name}\nmean Dice {case['dice']:.2f}", fontsize=9)
-    handles = [plt.Line2D([], [], marker="s", ls="", color=colours[k], label=v) for k, v in LABELS.items() if k]
-    fig.legend(handles=handles, loc="lower center", ncol=11, fontsize=7, frameon=False)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.04, 1, 1))
-    return fig
-
-
 # --------------------------------------------------------------------------------------------
 # the whole stage
 
@@ -508,61 +342,3 @@ def load_segmentation(paths: RunPaths) -> SegmentationOutputs:
     """
     paths.require(STAGE, paths.outputs_record(STAGE))
     return _read_outputs(paths.models_dir, paths.predictions_dir, paths.results_dir)
-
-
-# --------------------------------------------------------------------------------------------
-# benchmark
-
-
-def _time(fn: Any, repeat: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def benchmark(threads: int = 2, repeat: int = 3) -> dict[str, float]:
-    """Return measured segmenter costs on ``threads`` CPU threads (random inputs, seconds).
-
-    Inference per subject at the default grid with the default channels and with the reference
-    architecture (32–512 at 80³), in the same run; the default training step per sample (patch
-    or whole grid, forward + backward + AdamW step) and its throughput; the default profile's
-    estimated training time of the three networks.
-    """
-    from fetalcmr.config import get_profile
-    from fetalcmr.losses import SegmentationLoss
-
-    torch.set_num_threads(threads)
-    prof = get_profile("default")
-    cfg, grid = prof.segmenter, prof.cohort.grid
-    out: dict[str, float] = {"threads": float(threads)}
-    with torch.no_grad():
-        net = make_segmenter(cfg).eval()
-        x = torch.rand(1, 1, grid, grid, grid)
-        out[f"inference_s_per_subject_default_{grid}"] = _time(lambda: net(x), repeat)
-        ref = make_segmenter(get_profile("paper").segmenter).eval()
-        x80 = torch.rand(1, 1, 80, 80, 80)
-        out["inference_s_per_subject_reference_80"] = _time(lambda: ref(x80), max(1, repeat - 1))
-    side = cfg.patch or grid
-    net = make_segmenter(cfg).train()
-    opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr)
-    loss = SegmentationLoss("lp+binary")
-    bs = cfg.batch_size
-    xb = torch.rand(bs, 1, side, side, side)
-    lp = torch.randint(0, 12, (bs, side, side, side))
-
-    def step() -> None:
-        opt.zero_grad()
-        total, _ = loss(net(xb), lp=lp, binary=(lp > 0).long(), epoch=0)
-        total.backward()
-        opt.step()
-
-    per_sample = _time(step, repeat) / bs
-    out[f"train_s_per_sample_{side}"] = per_sample
-    out["train_samples_per_s"] = 1.0 / per_sample
-    n_train = round(prof.cohort.n_subjects * prof.cohort.split_fractions[0])
-    out["estimated_train_s_three_networks"] = 3 * cfg.epochs * n_train * per_sample
-    return out

@@ -121,3 +121,37 @@ def test_notebooks_key_on_the_modules_they_import() -> None:
 def test_content_key_depends_on_every_part() -> None:
     assert content_key("a", {"x": 1}) != content_key("a", {"x": 2})
     assert content_key({"x": 1, "y": 2}) == content_key({"y": 2, "x": 1})
+
+
+#: modules that only turn stage outputs into tables, figures, renders or timings (docs/design.md §8)
+REPORTING = ("curves", "render", "gallery", "stage_bench", "bench", "verify", "claims", "site")
+
+
+def _reporting(module: str) -> bool:
+    name = module.split(".")[-1]
+    return name.endswith("_report") or name in REPORTING
+
+
+def _layer_violations(package_dir: Path = PACKAGE_DIR) -> dict[str, list[str]]:
+    """Per stage module (and the review), the reporting modules it reaches; empty when layered."""
+    out = {}
+    for module in (*STAGE_MODULES, "fetalcmr.review"):
+        reached = [m for m in module_closure(module, package_dir=package_dir) if _reporting(m)]
+        if reached:
+            out[module] = reached
+    return out
+
+
+def test_stages_never_reach_reporting_modules() -> None:
+    assert _layer_violations() == {}
+    # each stage's tables and figures live in its own reporting module, which imports the stage
+    for stage in ("propagation", "segmentation", "classification", "joint", "review"):
+        assert f"fetalcmr.{stage}" in module_closure(f"{stage}_report"), stage
+
+
+def test_layering_check_names_a_stage_that_imports_its_report(package_copy: Path) -> None:
+    _edit(package_copy / "losses.py", "from __future__ import annotations\n",
+          "from __future__ import annotations\n\nfrom fetalcmr.curves import plot_history  # noqa: F401\n")
+    violations = _layer_violations(package_copy)
+    assert set(violations) == {"fetalcmr.segmentation", "fetalcmr.classification", "fetalcmr.joint"}
+    assert all("fetalcmr.curves" in reached for reached in violations.values())

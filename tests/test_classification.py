@@ -16,23 +16,25 @@ from fetalcmr.classification import (
     INPUT_KINDS,
     GridPool,
     InputSelect,
-    benchmark,
     build_classifier,
     classification_samples,
-    confusion_cases,
     input_channels,
     min_classifier_grid,
+    run_experiments,
+    segmenter_softmax,
+    stack_inputs,
+)
+from fetalcmr.classification_report import (
+    confusion_cases,
     per_class_table,
     pooled_confusion,
     pooled_reliability,
-    run_experiments,
     run_scores,
-    segmenter_softmax,
-    stack_inputs,
     summary_table,
 )
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import make_segmenter
+from fetalcmr.stage_bench import classification_costs
 
 TINY = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), dropout=0.0,
                         epochs=1, batch_size=3, lr=1e-3, seeds=(0, 1), aug_prob=0.3, grid=8)
@@ -198,7 +200,7 @@ def test_benchmark_reports_every_input_type() -> None:
         assert model(x).shape == (x.shape[0], 3)
         return 0.5, 0.1
 
-    out = benchmark("smoke", timer=fake_timer)
+    out = classification_costs("smoke", timer=fake_timer)
     assert out["profile"] == "smoke" and out["arch"] == "small"
     for kind in INPUT_KINDS:
         assert out[kind]["train_s_per_sample"] == 0.5 and out[kind]["infer_s_per_sample"] == 0.1

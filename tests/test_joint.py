@@ -17,18 +17,8 @@ from fetalcmr.anatomy import LABELS
 from fetalcmr.classification import build_classifier
 from fetalcmr.config import ClassifierConfig, JointConfig, SegmenterConfig
 from fetalcmr.io import load_nifti
-from fetalcmr.joint import (
-    build_joint,
-    comparison_table,
-    fine_tune,
-    joint_train_config,
-    paired_test,
-    paired_tests,
-    per_label_table,
-    predict_and_evaluate,
-    stratified_subset,
-    sweep_table,
-)
+from fetalcmr.joint import build_joint, fine_tune, joint_train_config, predict_and_evaluate, stratified_subset
+from fetalcmr.joint_report import comparison_table, paired_test, paired_tests, per_label_table, sweep_table
 from fetalcmr.losses import SegmentationLoss, binary_weight_at, joint_loss
 from fetalcmr.models import make_segmenter
 
@@ -234,7 +224,7 @@ def test_sweep_table_and_subset() -> None:
 
 
 def test_verdict_states_reproduced_only_with_significant_daa_gain() -> None:
-    from fetalcmr.joint import verdict
+    from fetalcmr.joint_report import verdict
 
     comparison = pd.DataFrame({"method": ["separate", "joint", "lambda0"], "balanced_accuracy": [0.95, 0.99, 0.95]})
     tests = pd.DataFrame([

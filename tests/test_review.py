@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from fetalcmr import review as rv
+from fetalcmr import review_report as rr
 from fetalcmr.anatomy import LABEL_INDEX
 from fetalcmr.io import DataError, save_nifti
 from fetalcmr.stats import proportion_ci
@@ -27,7 +28,7 @@ def test_correct_rates_on_hand_made_verdicts() -> None:
     rows = [("a", 2, "joint", True), ("b", 2, "joint", True), ("c", 2, "joint", False),
             ("d", 0, "joint", True), ("a", 2, "LP", False), ("b", 2, "LP", False),
             ("c", 2, "LP", False), ("d", 0, "LP", True)]
-    rates = rv.correct_rates(_reports(rows)).set_index(["method", "class"])
+    rates = rr.correct_rates(_reports(rows)).set_index(["method", "class"])
     assert list(dict.fromkeys(rates.index.get_level_values(0))) == ["LP", "joint"]  # METHOD_ORDER
     daa = rates.loc[("joint", "DAA")]
     assert (daa["n"], daa["n_correct"]) == (3, 2)
@@ -41,7 +42,7 @@ def test_mcnemar_table_subsets() -> None:
     rows = [(s, 2, m, ok) for s, (x, y) in {"a": (False, True), "b": (False, True), "c": (True, True)}.items()
             for m, ok in (("LP+manual", x), ("joint", y))]
     rows += [("d", 0, "LP+manual", True), ("d", 0, "joint", False)]
-    t = rv.mcnemar_table(_reports(rows), "LP+manual", "joint",
+    t = rr.mcnemar_table(_reports(rows), "LP+manual", "joint",
                          {"DAA": ["a", "b", "c"], "all": ["a", "b", "c", "d"], "none": []}).set_index("subset")
     assert (t.loc["DAA", "only_b"], t.loc["DAA", "only_a"], t.loc["DAA", "n"]) == (2, 0, 3)
     assert t.loc["DAA", "p_value"] == pytest.approx(0.5)  # 2 of 2 discordant: 2 * 1/4
@@ -79,7 +80,7 @@ def test_review_sheet_round_trip_and_kappa(tmp_path: Path) -> None:
 def test_worst_cases_rank_by_reasons() -> None:
     df = _reports([("a", 0, "truth", True), ("a", 0, "joint", False), ("b", 0, "joint", True),
                    ("c", 0, "LP", False), ("c", 0, "joint", False)])
-    assert rv.worst_cases(df, 5) == ["c", "a"]
+    assert rr.worst_cases(df, 5) == ["c", "a"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -129,7 +130,7 @@ def test_review_table_flags_broken_prediction(tmp_path: Path, daa_subject: Any) 
     rep2 = rv.review_table(no_gt)
     assert "truth" not in set(rep2["method"]) and not rep2.set_index("method").loc["joint", "correct"]
     # gallery cases carry every map and the verdicts
-    g = rv.gallery_cases(cases[:1], reports)[0]
+    g = rr.gallery_cases(cases[:1], reports)[0]
     assert list(g["labelmaps"]) == ["truth", "LP", "LP+manual", "joint"]
     assert g["summary"]["joint"].startswith("WRONG") and g["summary"]["LP+manual"] == "correct"
 
@@ -173,9 +174,9 @@ def test_review_names_and_colours_come_from_the_registry() -> None:
 
     assert rv.review_order() == ("truth", "LP", "LP-only", "LP+manual", "joint")  # the tables' method names
     assert (rv.TRUTH, rv.LP) == (METHODS["truth"].short, METHODS["lp"].short)
-    rates = rv.correct_rates(_reports([("a", 2, "LP+manual", True), ("a", 2, "joint", False)]))
+    rates = rr.correct_rates(_reports([("a", 2, "LP+manual", True), ("a", 2, "joint", False)]))
     fig, ax = plt.subplots()
-    rv.plot_correct_rates(rates, ax)
+    rr.plot_correct_rates(rates, ax)
     colours = {t.get_text(): h.get_facecolor() for t, h in zip(ax.get_legend().get_texts(),
                                                                 ax.get_legend().legend_handles, strict=True)}
     plt.close(fig)
@@ -187,9 +188,9 @@ def test_plot_correct_rates_bars_match_table() -> None:
     import matplotlib.pyplot as plt
 
     rows = [("a", 2, "LP", True), ("b", 0, "LP", False), ("a", 2, "joint", True), ("b", 0, "joint", True)]
-    rates = rv.correct_rates(_reports(rows))
+    rates = rr.correct_rates(_reports(rows))
     fig, ax = plt.subplots()
-    rv.plot_correct_rates(rates, ax)
+    rr.plot_correct_rates(rates, ax)
     heights = [p.get_height() for p in ax.patches]
     assert len(heights) == len(rates)  # one bar per method × class (NaN rates drawn at 0)
     assert heights == pytest.approx(rates["rate"].fillna(0).tolist())
@@ -204,30 +205,30 @@ def test_render_cases_one_row_per_map_with_verdicts(daa_subject: Any) -> None:
     case = rv.ReviewCase("s1", 2, (52.0 / 32,) * 3, {"truth": daa_subject.gt, "joint": broken},
                          trachea_mask=daa_subject.trachea > 0)
     reports = rv.review_table([case])
-    fig = rv.render_cases([case], reports, ["truth", "LP+manual", "joint"], views=("superior",))
+    fig = rr.render_cases([case], reports, ["truth", "LP+manual", "joint"], views=("superior",))
     labels = [t.get_text() for ax in fig.axes for t in ax.texts]
     assert len(fig.axes) == 2  # LP+manual absent: truth and joint rows only
     assert any("s1 truth\ncorrect" in t for t in labels) and any("s1 joint\nWRONG" in t for t in labels)
     plt.close(fig)
-    fig = rv.render_cases([case], reports, {"s1": ["joint"]}, views=("superior",))
+    fig = rr.render_cases([case], reports, {"s1": ["joint"]}, views=("superior",))
     assert len(fig.axes) == 1
     plt.close(fig)
     with pytest.raises(ValueError, match="none of the cases"):
-        rv.render_cases([case], reports, ["LP"])
+        rr.render_cases([case], reports, ["LP"])
 
 
 def test_render_detail_coarser_for_huge_maps() -> None:
     small, huge = np.zeros((40, 40, 40), np.uint8), np.ones((40, 40, 40), np.uint8)
     small[5:10, 5:10, 5:10] = 4
-    assert rv.render_detail([small]) == (1, 1.25)
-    assert rv.render_detail([small, huge]) == (3, 3.0)  # 64 000 voxels: coarsest tier
-    assert rv.render_detail([]) == (1, 1.25)
+    assert rr.render_detail([small]) == (1, 1.25)
+    assert rr.render_detail([small, huge]) == (3, 3.0)  # 64 000 voxels: coarsest tier
+    assert rr.render_detail([]) == (1, 1.25)
 
 
 def test_worst_method() -> None:
     df = _reports([("a", 0, "truth", True), ("a", 0, "LP", False), ("a", 0, "joint", False), ("b", 0, "LP", True)])
     df.loc[df["method"] == "joint", "n_reasons"] = 3
-    assert rv.worst_method(df, "a") == "joint" and rv.worst_method(df, "b") is None
+    assert rr.worst_method(df, "a") == "joint" and rr.worst_method(df, "b") is None
 
 
 def test_load_case_needs_a_class(tmp_path: Path) -> None:
@@ -243,7 +244,7 @@ def test_gallery_cases_write_with_coarse_detail(tmp_path: Path, daa_subject: Any
     huge[::3] = LABEL_INDEX["DAO"]
     case = rv.ReviewCase("s1", 2, (52.0 / 32,) * 3, {"truth": daa_subject.gt, "joint": daa_subject.gt})
     reports = rv.review_table([case])
-    fine = rv.gallery_cases([case], reports)[0]
+    fine = rr.gallery_cases([case], reports)[0]
     assert fine["step_size"] == {"truth": 1, "joint": 1} and fine["decimate"] == {"truth": 1.25, "joint": 1.25}
     write_gallery(tmp_path / "fine", [fine])
     write_gallery(tmp_path / "coarse", [{**fine, "step_size": 3, "decimate": 3.0}])
@@ -252,7 +253,7 @@ def test_gallery_cases_write_with_coarse_detail(tmp_path: Path, daa_subject: Any
     assert size("coarse") < 0.6 * size("fine")  # the case's detail reaches the surfaces
     assert size("coarse") < size("half") < size("fine")  # per-map detail: only joint coarser
     case.maps["joint"] = huge
-    detail = rv.gallery_cases([case], rv.review_table([case]))[0]["step_size"]
+    detail = rr.gallery_cases([case], rv.review_table([case]))[0]["step_size"]
     assert detail["truth"] == 1 and detail["joint"] > 1  # only the huge map is drawn coarser
 
 
@@ -260,5 +261,5 @@ def test_detail_per_map_names_each_map() -> None:
     small = np.zeros((40, 40, 40), np.uint8)
     small[:2, :2, :2] = 1
     huge = np.ones((40, 40, 40), np.uint8)
-    assert rv.detail_per_map({"truth": small, "net": huge}) == {
+    assert rr.detail_per_map({"truth": small, "net": huge}) == {
         "step_size": {"truth": 1, "net": 3}, "decimate": {"truth": 1.25, "net": 3.0}}

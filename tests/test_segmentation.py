@@ -18,18 +18,15 @@ from fetalcmr.config import SegmenterConfig
 from fetalcmr.dataset import read_dataset
 from fetalcmr.methods import get
 from fetalcmr.predict import load_softmax
-from fetalcmr.segmentation import (
+from fetalcmr.segmentation import method_checkpoint, run_segmentation, supervision_agreement, train_segmenters
+from fetalcmr.segmentation_report import (
     by_class_table,
     coronal_projection,
     dice_table,
     label_colours,
-    method_checkpoint,
     pick_subjects,
     plot_dice_boxplots,
     plot_overlays,
-    run_segmentation,
-    supervision_agreement,
-    train_segmenters,
     wilcoxon_tests,
 )
 from fetalcmr.train import load_checkpoint

@@ -24,6 +24,7 @@ from test_propagation import make_toy_dataset as make_lp_cohort
 
 from fetalcmr import classification as C
 from fetalcmr import joint as J
+from fetalcmr import joint_report as JR
 from fetalcmr import review as rv
 from fetalcmr.config import ClassifierConfig, JointConfig, SegmenterConfig
 from fetalcmr.io import load_nifti
@@ -215,5 +216,5 @@ def test_every_method_a_table_shows_is_registered() -> None:
     assert set(S.TARGETS) | {"lp"} == {m.id for m in methods_of(S.STAGE)} and S.METHOD in S.TARGETS
     assert S.segmenter_dir("m", "net_lp").name == "segmenter_b"
     # notebook 04 and the review
-    assert J.KIND in C.INPUT_KINDS and J.method_label("ensemble") == METHODS["ensemble"].label
+    assert J.KIND in C.INPUT_KINDS and JR.method_label("ensemble") == METHODS["ensemble"].label
     assert set(rv.REVIEWED) <= set(METHODS)

@@ -22,10 +22,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
+from fetalcmr.curves import plot_history
 from fetalcmr.data import make_samples
 from fetalcmr.dataset import read_dataset
 from fetalcmr.models import JointNet, make_classifier, make_segmenter
-from fetalcmr.train import MODES, STEPS, SampleScore, TrainConfig, mode_step, plot_history, read_history, train
+from fetalcmr.train import MODES, STEPS, SampleScore, TrainConfig, mode_step, read_history, train
 
 NET = SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.2)
 CLS = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), dropout=0.2)
