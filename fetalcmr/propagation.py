@@ -61,6 +61,7 @@ from fetalcmr.config import PropagationConfig
 from fetalcmr.data import class_balanced_weights
 from fetalcmr.dataset import SPLITS, training_view
 from fetalcmr.io import DataError, Volume, load_nifti, normalise_intensity, save_nifti
+from fetalcmr.padding import crop_to, pad_to_multiple
 from fetalcmr.paths import RunPaths
 
 #: Bump when the meaning of saved model/outputs changes (part of every cache key).
@@ -315,6 +316,30 @@ def build_model(cfg: PropagationConfig) -> torch.nn.Module:
                        integration_steps=cfg.integration_steps)
 
 
+def registration_divisor(model: torch.nn.Module) -> int:
+    """Return the factor every spatial size of ``model``'s inputs must divide: the product of its
+    U-Net's pooling factors (``2**len(nb_features)`` for VoxelMorph's)."""
+    factor = 1
+    for layer in model.modules():
+        if isinstance(layer, torch.nn.MaxPool3d):
+            k = layer.kernel_size
+            factor *= int(k if isinstance(k, int) else k[0])
+    return factor
+
+
+def velocity_field(model: torch.nn.Module, source: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Return the network's ``source``-to-``target`` velocity field ``[B, 3, ...]`` on their grid.
+
+    Inputs whose size the U-Net cannot halve often enough (the paper's 80³ through five levels)
+    are zero-padded at the end to a multiple of :func:`registration_divisor`, and the field is
+    cropped back; on a grid that divides, the inputs pass unchanged.
+    """
+    multiple = registration_divisor(model)
+    src, shape = pad_to_multiple(source, multiple)
+    tgt, _ = pad_to_multiple(target, multiple)
+    return crop_to(model(src, tgt, return_field_type="velocity"), shape)
+
+
 def local_ncc(a: torch.Tensor, b: torch.Tensor, window: int, eps: float = 1e-5) -> torch.Tensor:
     """Return the mean squared local correlation of ``a`` and ``b`` (``[B, 1, ...]``) per batch item.
 
@@ -379,7 +404,7 @@ def registration_step(model: torch.nn.Module, loss_fn: RegistrationLoss, atlas_i
                       atlas_fg: torch.Tensor, subj_img: torch.Tensor,
                       subj_fg: torch.Tensor | None) -> tuple[torch.Tensor, dict[str, float]]:
     """Return the loss of registering a batch of atlases to subjects (forward only)."""
-    velocity = model(atlas_img, subj_img, return_field_type="velocity")
+    velocity = velocity_field(model, atlas_img, subj_img)
     return velocity_loss(model, loss_fn, velocity, atlas_img, atlas_fg, subj_img, subj_fg)
 
 
@@ -479,7 +504,7 @@ def predict_velocity(model: torch.nn.Module, atlas: AtlasData, subject: SubjectD
     """Return the network's atlas-to-subject velocity field on the registration grid."""
     model.eval()
     src, _ = source_of(subject, atlas)
-    return model(src, subject.image_reg, return_field_type="velocity")
+    return velocity_field(model, src, subject.image_reg)
 
 
 @torch.no_grad()

@@ -196,3 +196,68 @@ def review_costs(profile: str = "default", *, n_subjects: int = 3) -> dict[str, 
             "review_s_per_case": review_s / n_subjects, "stats_s": stats_s,
             "broken_flagged": bool((~reports.loc[reports["method"] == METHODS["net_lp"].short, "correct"]
                                     .astype(bool)).all())}
+
+
+def paper_step_costs(device: str | None = None, repeat: int = 2) -> dict[str, Any]:
+    """Return seconds per training step of each stage at the ``paper`` profile's sizes and batch
+    sizes (80³, random inputs, float32) on ``device`` (CUDA when available), and the hours the
+    paper's schedule implies per network (steps × iterations or epochs × batches per epoch)."""
+    from fetalcmr.config import get_profile
+    from fetalcmr.losses import SegmentationLoss, joint_loss
+    from fetalcmr.propagation import RegistrationLoss, build_model, registration_step
+
+    prof = get_profile("paper")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    g = prof.cohort.grid
+    n_train = round(prof.cohort.n_subjects * prof.cohort.split_fractions[0])
+    out: dict[str, Any] = {"device": dev.type, "grid": g, "threads": torch.get_num_threads()}
+
+    def timed_step(model: nn.Module, loss_of: Callable[[], torch.Tensor]) -> float:
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step() -> None:
+            opt.zero_grad()
+            loss_of().backward()
+            opt.step()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+
+        return _time(step, repeat)
+
+    torch.manual_seed(0)
+    pcfg = prof.propagation
+    vxm, reg_loss = build_model(pcfg).to(dev).train(), RegistrationLoss(pcfg).to(dev)
+    img = torch.rand(pcfg.batch_size, 1, g, g, g, device=dev)
+    fg = (img > 0.5).float()
+    s = timed_step(vxm, lambda: registration_step(vxm, reg_loss, img, fg, img.roll(2, 2), fg.roll(2, 2))[0])
+    out["propagation_step_s"], out["propagation_train_h"] = s, s * pcfg.iterations / 3600
+
+    scfg, bs = prof.segmenter, prof.segmenter.batch_size
+    seg_loss = SegmentationLoss("lp+binary")
+    x = torch.rand(bs, 1, g, g, g, device=dev)
+    lp = torch.randint(0, N_LABELS, (bs, g, g, g), device=dev)
+    net = make_segmenter(scfg).to(dev).train()
+    s = timed_step(net, lambda: seg_loss(net(x), lp=lp, binary=(lp > 0).long(), epoch=0)[0])
+    out["segmenter_step_s"] = s
+    out["segmenter_train_h"] = s * scfg.epochs * -(-n_train // bs) / 3600
+
+    ccfg, cbs = prof.classifier, prof.classifier.batch_size
+    cls = build_classifier(ccfg, "softmax+image").to(dev).train()
+    xc = torch.rand(cbs, N_LABELS + 1, g, g, g, device=dev)
+    labels = torch.arange(cbs, device=dev) % len(CLASSES)
+    s = timed_step(cls, lambda: F.cross_entropy(cls(xc), labels))
+    out["classifier_step_s"], out["classifier_train_h"] = s, s * ccfg.epochs * -(-n_train // cbs) / 3600
+
+    jcfg, jbs = prof.joint, prof.joint.batch_size
+    pair = build_joint(scfg, ccfg).to(dev).train()
+    xj, lpj = x[:1].expand(jbs, -1, -1, -1, -1).contiguous(), lp[:1].expand(jbs, -1, -1, -1).contiguous()
+    lj = torch.arange(jbs, device=dev) % len(CLASSES)
+
+    def pair_loss() -> torch.Tensor:
+        seg_logits, logits = pair(xj)
+        return joint_loss(seg_loss(seg_logits, lp=lpj, binary=(lpj > 0).long(), epoch=0)[0], logits, lj,
+                          jcfg.lam)[0]
+
+    s = timed_step(pair, pair_loss)
+    out["joint_step_s"], out["joint_train_h"] = s, s * jcfg.epochs * -(-n_train // jbs) / 3600
+    return out

@@ -57,6 +57,7 @@ from fetalcmr.data import EpochDataset, balanced_indices
 from fetalcmr.losses import SegmentationLoss, joint_loss
 from fetalcmr.metrics import mean_dice
 from fetalcmr.models import divisor
+from fetalcmr.padding import crop_to, pad_to_multiple
 from fetalcmr.transforms import augmentation
 
 CHECKPOINT_VERSION = 1
@@ -230,18 +231,6 @@ def _sample_batch(sample: dict[str, Any], keys: Sequence[str]) -> dict[str, Any]
     return batch
 
 
-def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple[int, ...]]:
-    """Return ``x`` [B,C,...] zero-padded at the end so each spatial size divides ``multiple``."""
-    shape = x.shape[2:]
-    pads = [(-s) % multiple for s in shape]
-    if not any(pads):
-        return x, tuple(shape)
-    flat: list[int] = []
-    for p in reversed(pads):
-        flat += [0, p]
-    return F.pad(x, flat), tuple(shape)
-
-
 @torch.no_grad()
 def forward_volume(model: nn.Module, image: torch.Tensor, *, multiple: int = 16, amp: bool = True) -> Any:
     """Return ``model``'s outputs for a whole volume ``image`` [B,C,...] (padded, then cropped back)."""
@@ -251,7 +240,7 @@ def forward_volume(model: nn.Module, image: torch.Tensor, *, multiple: int = 16,
         out = model(x)
 
     def crop(t: torch.Tensor) -> torch.Tensor:
-        return t[(slice(None), slice(None)) + tuple(slice(0, s) for s in shape)].float() if t.ndim > 2 else t.float()
+        return crop_to(t, shape).float() if t.ndim > 2 else t.float()
 
     return tuple(crop(o) for o in out) if isinstance(out, tuple) else crop(out)
 
