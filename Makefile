@@ -4,12 +4,13 @@ DATASET ?=
 SEED ?= 0
 SECTIONS ?=
 FORCE ?=
+REGENERATED ?=
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help reproduce test lint lab bench verify mutation clean distclean env
+.PHONY: help reproduce report test lint lab bench verify mutation clean distclean env
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -32,14 +33,17 @@ test: $(STAMP)  ## lint, then the test suite (includes every notebook at the smo
 lint: $(STAMP)  ## ruff only
 	$(VENV)/bin/ruff check fetalcmr tests
 
-lab: $(STAMP)  ## JupyterLab on the same environment (itkwidgets for 3D views)
+report: $(STAMP)  ## offline HTML of the executed notebooks: data/runs/<run>/report/index.html (PROFILE, DATASET)
+	$(PY) -m fetalcmr.site --profile $(PROFILE) $(if $(DATASET),--dataset $(DATASET))
+
+lab: $(STAMP)  ## JupyterLab on the same environment (fetalcmr.render.view3d: plotly 3D offline, itkwidgets online)
 	$(VENV)/bin/jupyter lab notebooks/
 
 bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figures (SECTIONS="smoke infer" picks some)
 	$(PY) -m fetalcmr.bench $(SECTIONS)
 
-verify: $(STAMP)  ## regenerate PROFILE from scratch and compare its tables with the committed ones
-	$(PY) -m fetalcmr.verify --profile $(PROFILE) --seed $(SEED)
+verify: $(STAMP)  ## regenerate PROFILE and compare tables (within measured spread) and claims (REGENERATED=dir skips the run)
+	$(PY) -m fetalcmr.verify --profile $(PROFILE) --seed $(SEED) $(if $(REGENERATED),--regenerated $(REGENERATED))
 
 mutation: $(STAMP)  ## mutation testing of the core modules, 35-80 min (MODULES="topology metrics" picks some; not in make test)
 	$(PY) tests/mutation/mutate.py $(if $(MODULES),--modules $(MODULES))

@@ -1,5 +1,6 @@
 """Static figures of vessel label maps: label colours, orthogonal slice overlays, 3D surface
-renders with fixed cameras, and an itkwidgets viewer for JupyterLab.
+renders with fixed cameras, and an interactive 3D view for JupyterLab (:func:`view3d`: plotly,
+offline; itkwidgets' image + label viewer when its web assets can load).
 
 Every array is ``[x, y, z]`` in RAS+ (x → subject's Right, y → Anterior, z → Superior).
 Surface renders place vertex ``(i, j, k)`` at ``(i·sx, j·sy, k·sz)`` millimetres, so the
@@ -18,6 +19,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -468,8 +470,13 @@ def render_comparison(
 # ----------------------------------------------------------------------------------------------
 # Interactive viewer
 
-_INSTALL_HINT = ("view3d needs itkwidgets for JupyterLab: pip install 'itkwidgets[lab]==1.0a55' "
-                 "'ngff-zarr==0.32.2' (included in this project's environment; run `make lab`).")
+
+#: MIME type of a plotly figure: JupyterLab draws it with the ``jupyterlab-plotly`` extension that
+#: ships inside the plotly package (plotly.js included), so it needs no network.
+PLOTLY_MIME = "application/vnd.plotly.v1+json"
+
+_INSTALL_HINT = ("itkwidgets is not installed: pip install 'itkwidgets[lab]==1.0a55' 'ngff-zarr==0.32.2' "
+                 "(included in this project's environment; run `make lab`)")
 
 
 def _in_kernel() -> bool:
@@ -481,31 +488,252 @@ def _in_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
-def view3d(image: np.ndarray, labelmap: np.ndarray | None = None, **kwargs: Any) -> Any:
-    """Return an itkwidgets 3D viewer of ``image`` with ``labelmap`` as label overlay, or None.
+def itk_asset_hosts() -> list[str]:
+    """Return the web hosts itkwidgets' viewer loads its code from (the viewer app and imjoy-rpc).
 
-    Works in JupyterLab with ``itkwidgets[lab]==1.0a55``. When itkwidgets is missing it says what
-    to install; outside a Jupyter kernel (scripts, headless runs without a viewer) or when the
-    viewer cannot start, it warns and returns None instead of raising.
+    Read from itkwidgets' ``viewer_config.py`` without importing itkwidgets (seconds).
+    """
+    import ast
+    import importlib.util
+    from urllib.parse import urlparse
+
+    hosts = ["cdn.jsdelivr.net"]  # imjoy-rpc and Vue, loaded by the imjoy JupyterLab extension
+    spec = importlib.util.find_spec("itkwidgets")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        config = Path(folder) / "viewer_config.py"
+        if not config.exists():
+            continue
+        for node in ast.walk(ast.parse(config.read_text())):
+            if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "ITK_VIEWER_SRC" for t in node.targets)
+                    and isinstance(node.value, ast.Constant)):
+                hosts.insert(0, urlparse(str(node.value.value)).hostname or "")
+    return [h for h in dict.fromkeys(hosts) if h]
+
+
+def _reachable(host: str, timeout_s: float) -> str:
+    """Return '' when ``host:443`` accepts a connection within ``timeout_s``, else why not."""
+    import socket
+    import threading
+
+    result = [f"no answer within {timeout_s:g} s"]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout_s).close()
+            result[0] = ""
+        except OSError as err:
+            result[0] = f"{type(err).__name__}: {err}"
+
+    worker = threading.Thread(target=probe, daemon=True)  # DNS lookups ignore the socket timeout
+    worker.start()
+    worker.join(timeout_s + 0.5)
+    return result[0]
+
+
+#: host -> (when probed, why unreachable or ""): a kernel probes each host at most every 5 minutes
+_PROBED: dict[str, tuple[float, str]] = {}
+
+
+def itk_viewer_status(timeout_s: float = 1.5) -> tuple[bool, str]:
+    """Return (itkwidgets' viewer can load here, why): installed, in a kernel, web assets reachable.
+
+    itkwidgets 1.0a draws nothing without its viewer and Vue, which come from the web: the check
+    opens a connection to each host in :func:`itk_asset_hosts` (from this machine, which is where
+    the browser of ``make lab`` runs too).
     """
     import importlib.util
+    import time
 
     if importlib.util.find_spec("itkwidgets") is None:
-        warnings.warn(_INSTALL_HINT, stacklevel=2)
-        print(_INSTALL_HINT)
-        return None
+        return False, _INSTALL_HINT
     if not _in_kernel():
-        msg = "view3d: not running inside a Jupyter kernel; no interactive viewer created."
-        warnings.warn(msg, stacklevel=2)
-        print(msg)
-        return None
-    img = np.ascontiguousarray(np.asarray(image, dtype=np.float32))
-    # itkwidgets takes numpy arrays as [z, y, x]; ours are [x, y, z]
-    args: dict[str, Any] = {"image": img.transpose(2, 1, 0).copy()}
-    if labelmap is not None:
-        lab = np.asarray(labelmap)
-        if lab.shape != img.shape:
-            raise ValueError(f"view3d: labelmap shape {lab.shape} does not match image {img.shape}")
+        return False, "itkwidgets' viewer needs a running Jupyter kernel (this is not one)"
+    hosts = itk_asset_hosts()
+    for host in hosts:
+        seen = _PROBED.get(host)
+        why = seen[1] if seen and time.monotonic() - seen[0] < 300 else _reachable(host, timeout_s)
+        _PROBED[host] = (time.monotonic(), why)
+        if why:
+            return False, (f"itkwidgets' viewer loads its code from {host}, which cannot be reached from "
+                           f"this machine ({why}), and without it the viewer would draw nothing")
+    return True, "its web assets are reachable (" + ", ".join(hosts) + ")"
+
+
+def _typed(array: np.ndarray) -> dict[str, str]:
+    """Return plotly.js's typed-array form (float32, base64, with its shape) of ``array``."""
+    import base64
+
+    a = np.ascontiguousarray(array, dtype=np.float32)
+    return {"dtype": "f4", "bdata": base64.b64encode(a.tobytes()).decode("ascii"),
+            "shape": ",".join(str(n) for n in a.shape)}
+
+
+def _image_planes(image: np.ndarray, spacing: np.ndarray, centre: tuple[int, int, int], scene: str,
+                  show_legend: bool, max_side: int = 64) -> list[dict[str, Any]]:
+    """Return three plotly ``surface`` traces: the axial, coronal and sagittal planes through ``centre``."""
+    lo, hi = _window(image)
+    step = max(1, int(np.ceil(max(image.shape) / max_side)))
+    i, j, k = centre
+    axes_mm = [np.arange(0, n, step) * s for n, s in zip(image.shape, spacing)]
+    # (name, values, the two in-plane axes, the fixed axis and its position in mm)
+    planes = [("axial", image[::step, ::step, k], (0, 1), 2, k * spacing[2]),
+              ("coronal", image[::step, j, ::step], (0, 2), 1, j * spacing[1]),
+              ("sagittal", image[i, ::step, ::step], (1, 2), 0, i * spacing[0])]
+    traces = []
+    for name, values, (a, b), fixed, at in planes:
+        grid_a, grid_b = np.meshgrid(axes_mm[a], axes_mm[b], indexing="ij")
+        xyz = [np.empty(0)] * 3
+        xyz[a], xyz[b], xyz[fixed] = grid_a, grid_b, np.full(grid_a.shape, at)
+        traces.append({
+            "type": "surface", "scene": scene, "name": "image (3 planes)", "legendgroup": "image",
+            "showlegend": show_legend and name == "axial", "x": _typed(xyz[0]), "y": _typed(xyz[1]),
+            "z": _typed(xyz[2]), "surfacecolor": _typed(np.clip((values - lo) / (hi - lo), 0, 1)),
+            "colorscale": "Greys", "reversescale": True, "cmin": 0, "cmax": 1, "showscale": False,
+            "hoverinfo": "skip", "visible": "legendonly", "lighting": {"ambient": 1.0, "diffuse": 0.0},
+        })
+    return traces
+
+
+class Plotly3DView:
+    """An interactive plotly 3D view of vessel surfaces (and the image's planes) for Jupyter.
+
+    Displayed through its MIME bundle: JupyterLab 4 renders ``application/vnd.plotly.v1+json`` with
+    the renderer shipped in the plotly package, offline; ``fetalcmr.site`` turns the same output into
+    a plot in the HTML report. ``figure`` is the plotly figure as a dict.
+    """
+
+    def __init__(self, figure: dict[str, Any], reason: str) -> None:
+        self.figure = figure
+        self.backend = "plotly"
+        self.reason = reason
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        n = sum(1 for t in self.figure["data"] if t.get("type") == "mesh3d")
+        return {PLOTLY_MIME: self.figure,
+                "text/plain": f"<fetalcmr 3D view: plotly, {n} vessel surfaces>"}
+
+    def write_html(self, path: str, *, plotly_js: str = "plotly.min.js") -> str:
+        """Write a standalone page that loads plotly.js from ``plotly_js`` (a path next to it)."""
+        import json
+
+        from fetalcmr.atomic import write_text_atomic
+
+        page = (f"<!DOCTYPE html><html><head><meta charset='utf-8'><script src='{plotly_js}'></script></head>"
+                "<body><div id='plot' style='height:560px'></div><script>"
+                f"var f = {json.dumps(self.figure, separators=(',', ':'))};"
+                "Plotly.newPlot('plot', f.data, f.layout, f.config);</script></body></html>\n")
+        write_text_atomic(path, page)
+        return path
+
+
+def _detail(labelmap: np.ndarray, spacing: np.ndarray, decimate: float, max_faces: int) -> tuple[int, float]:
+    """Return the finest ``(step_size, decimate)`` whose surfaces of ``labelmap`` stay under ``max_faces``."""
+    tiers = [(1, decimate), (2, max(decimate, 2.5)), (3, max(decimate, 4.0))]
+    for step, cell in tiers[:-1]:
+        faces = sum(len(m.faces) for m in label_meshes(labelmap, spacing, step_size=step, decimate=cell))
+        if faces <= max_faces:
+            return step, cell
+    return tiers[-1]
+
+
+def plotly_figure(image: np.ndarray | None, labelmaps: Mapping[str, np.ndarray], spacing_mm: Sequence[float], *,
+                  title: str | None = None, height: int = 520, decimate: float = 1.25,
+                  max_faces: int = 30_000) -> dict[str, Any]:
+    """Return the plotly figure (a dict) of :class:`Plotly3DView`: one scene per label map.
+
+    Scenes share one box and camera buttons (:func:`fetalcmr.gallery.case_figure`); the image's
+    three orthogonal planes through the vessels' centre are in the legend (hidden until clicked).
+    A map whose surfaces would exceed ``max_faces`` triangles (a speckled prediction) is drawn
+    coarser, so that a notebook with the view stays small (≈ 0.2–1 MB a map).
+    """
+    from fetalcmr.gallery import case_figure
+
+    spacing = np.asarray(spacing_mm, dtype=float)
+    detail = {name: _detail(lm, spacing, decimate, max_faces) for name, lm in labelmaps.items()}
+    fig = case_figure(labelmaps, spacing, decimate={k: d[1] for k, d in detail.items()},
+                      step_size={k: d[0] for k, d in detail.items()})
+    scenes = fig.pop("scenes")
+    if image is not None:
+        first = next(iter(labelmaps.values()))
+        centre = _centre(first, image.shape)
+        for n, scene in enumerate(scenes):
+            fig["data"] += _image_planes(image, spacing, centre, scene, show_legend=n == 0)
+    fig["layout"]["height"] = height
+    if title:
+        fig["layout"]["title"] = {"text": title, "x": 0.5, "y": 0.995, "yanchor": "top", "font": {"size": 13}}
+        fig["layout"]["margin"]["t"] = 60
+    fig["config"] = {"displaylogo": False, "responsive": True}
+    return fig
+
+
+def view3d(image: np.ndarray | None = None, labelmap: np.ndarray | Mapping[str, np.ndarray] | None = None, *,
+           spacing_mm: Sequence[float] = (1.0, 1.0, 1.0), backend: str = "auto", title: str | None = None,
+           quiet: bool = False, **kwargs: Any) -> Any:
+    """Return an interactive 3D view of ``labelmap`` (and ``image``) for JupyterLab; say which and why.
+
+    ``backend="auto"`` or ``"plotly"``: a :class:`Plotly3DView` of the vessel surfaces, one scene per
+    label map when ``labelmap`` is ``{name: map}`` (e.g. truth and a method), with the image's
+    planes in the legend. It works offline in JupyterLab 4 (the renderer ships with plotly) and in
+    the HTML report. ``backend="itk"``: itkwidgets' image + label viewer (``kwargs`` go to
+    ``itkwidgets.view``) when it can load here — installed, inside a kernel, its web assets
+    reachable — else the plotly view. The printed line names the view shown and the reason; with
+    ``auto`` it also says whether the itkwidgets viewer is on offer. Arrays are ``[x, y, z]``.
+    """
+    if backend not in {"auto", "plotly", "itk"}:
+        raise ValueError(f"view3d: backend must be 'auto', 'plotly' or 'itk', got {backend!r}")
+    if image is None and labelmap is None:
+        raise ValueError("view3d: give an image, a label map or both")
+    img = None if image is None else np.asarray(image, dtype=np.float32)
+    maps: dict[str, np.ndarray] = {}
+    if isinstance(labelmap, Mapping):
+        maps = {str(k): np.asarray(v) for k, v in labelmap.items()}
+    elif labelmap is not None:
+        maps = {"labels": np.asarray(labelmap)}
+    shape = img.shape if img is not None else next(iter(maps.values())).shape
+    if len(shape) != 3:
+        raise ValueError(f"view3d: volumes must be 3D [x, y, z], got shape {shape}")
+    for name, lm in maps.items():
+        if lm.shape != shape:
+            raise ValueError(f"view3d: label map {name!r} shape {lm.shape} does not match {shape}")
+
+    def say(text: str) -> None:
+        if not quiet:
+            print(text)
+
+    if backend == "itk":
+        ok, why = itk_viewer_status()
+        if ok:
+            viewer = _itk_view(img, maps, kwargs)
+            if viewer is not None:
+                say(f"view3d: itkwidgets viewer (asked for; {why})")
+                return viewer
+            why = "the itkwidgets viewer failed to start (see the warning above)"
+        reason = f"plotly (itkwidgets was asked for, but {why})"
+    elif backend == "plotly":
+        reason = "plotly (asked for)"
+    else:
+        reason = "plotly (works offline: JupyterLab renders it with the extension shipped in the plotly package)"
+        if _in_kernel() and img is not None and maps:
+            ok, why = itk_viewer_status()
+            reason += (f"; itkwidgets' image + label viewer is on offer with view3d(..., backend='itk'): {why}"
+                       if ok else f"; itkwidgets' viewer is not offered: {why}")
+    if not maps:  # an image alone: its planes, with an empty surface set
+        maps = {"image": np.zeros(shape, np.uint8)}
+    fig = plotly_figure(img, maps, spacing_mm, title=title)
+    if img is not None and not any(t.get("type") == "mesh3d" for t in fig["data"]):
+        for t in fig["data"]:
+            t.pop("visible", None)  # nothing else to see: show the planes
+    say(f"view3d: {reason}.")
+    return Plotly3DView(fig, reason)
+
+
+def _itk_view(img: np.ndarray | None, maps: Mapping[str, np.ndarray], kwargs: Mapping[str, Any]) -> Any:
+    """Return ``itkwidgets.view`` of the image with the first label map, or None when it fails."""
+    args: dict[str, Any] = {}
+    if img is not None:  # itkwidgets takes numpy arrays as [z, y, x]; ours are [x, y, z]
+        args["image"] = np.ascontiguousarray(img.transpose(2, 1, 0))
+    if maps:
+        lab = next(iter(maps.values()))
         args["label_image"] = np.ascontiguousarray(lab.astype(np.uint8).transpose(2, 1, 0))
     args.update(kwargs)
     try:
@@ -513,7 +741,5 @@ def view3d(image: np.ndarray, labelmap: np.ndarray | None = None, **kwargs: Any)
 
         return view(**args)
     except Exception as exc:  # noqa: BLE001 - a viewer failure must never break a notebook run
-        msg = f"view3d: the itkwidgets viewer could not start ({type(exc).__name__}: {exc})."
-        warnings.warn(msg, stacklevel=2)
-        print(msg)
+        warnings.warn(f"view3d: the itkwidgets viewer could not start ({type(exc).__name__}: {exc}).", stacklevel=3)
         return None

@@ -5,7 +5,12 @@ modules the notebook imports (transitively, :func:`fetalcmr.cache.code_version`)
 cells, the injected parameters, the profile's settings, the previous stage's key and the user's
 dataset file — matches the record of its last successful run and its outputs still exist. On failure
 the runner names the notebook and the failing cell and stops; earlier stages keep their
-outputs. Wall time and peak memory of each notebook go to ``MANIFEST.json``.
+outputs. Wall time, peak memory and the time of each code cell go to ``MANIFEST.json``; the next
+run reads them back to show the time left (:mod:`fetalcmr.progress`: the running cell, the
+package's tqdm bars and the estimate, on one line of the terminal).
+
+Kernels talk to the runner over ZeroMQ with CurveZMQ encryption when the kernelspec supports it
+(ipykernel's does), else over IPC sockets: never plain TCP (:func:`kernel_config`).
 
 Usage::
 
@@ -33,6 +38,7 @@ from fetalcmr.config import PROFILE_NAMES, get_profile
 from fetalcmr.manifest import Manifest, git_commit
 from fetalcmr.notebook import REPO_ROOT, default_figures_dir, default_run_dir
 from fetalcmr.paths import RunPaths
+from fetalcmr.progress import PlannedNotebook, RunProgress, previous_timings
 
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
@@ -117,6 +123,40 @@ class PeakMemory:
         self._thread.join()
 
 
+def kernel_config(kernel_name: str = "python3") -> dict[str, dict[str, str]]:
+    """Return the traitlets config that keeps the kernel's channels private.
+
+    jupyter_client starts kernels on TCP without encryption unless told otherwise, and ipykernel
+    then warns that all code and outputs cross the loopback in plain text. When libzmq has CURVE
+    and the kernelspec declares ``supported_encryption: curve``, the kernel manager provisions
+    CurveZMQ keys (``transport_encryption = "required"``); otherwise, on POSIX, the channels use
+    IPC (Unix sockets in the user's runtime folder). Elsewhere nothing changes.
+    """
+    import zmq
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        supported = KernelSpecManager().get_kernel_spec(kernel_name).metadata.get("supported_encryption") or []
+    except NoSuchKernel:
+        supported = []
+    if isinstance(supported, str):
+        supported = [supported]
+    if zmq.has("curve") and "curve" in {str(s).lower() for s in supported}:
+        return {"KernelManager": {"transport_encryption": "required"}}
+    if os.name == "posix":
+        return {"KernelManager": {"transport": "ipc"}}
+    return {}
+
+
+def _is_cached(notebook: Path, paths: RunPaths, manifest_path: Path, key: str, force: bool) -> bool:
+    """True when ``notebook``'s record is fresh for ``key`` and all its outputs exist."""
+    if force:
+        return False
+    manifest = Manifest(manifest_path)
+    outputs_exist = all((manifest_path.parent / o).exists() for o in manifest.outputs_of(notebook.stem))
+    return outputs_exist and is_fresh(paths.stages_dir / f"{notebook.stem}.json", key)
+
+
 def _describe_failure(err: Exception) -> str:
     cell = getattr(err, "exec_count", None) or getattr(err, "cell_index", None)
     ename = getattr(err, "ename", type(err).__name__)
@@ -126,27 +166,38 @@ def _describe_failure(err: Exception) -> str:
 
 
 def run_stage(notebook: Path, params: dict[str, Any], paths: RunPaths, manifest_path: Path,
-              key: str, *, force: bool = False, log_output: bool = False) -> StageResult:
-    """Execute ``notebook`` with ``params`` unless its record is fresh for ``key``."""
+              key: str, *, force: bool = False, log_output: bool = False,
+              progress: RunProgress | None = None) -> StageResult:
+    """Execute ``notebook`` with ``params`` unless its record is fresh for ``key``.
+
+    ``progress`` shows the running cell, the kernel's tqdm bars and the time left (a fresh
+    :class:`~fetalcmr.progress.RunProgress` on stdout when None).
+    """
+    import nbformat
     import papermill
+    from traitlets.config import Config
 
     name = notebook.stem
     record = paths.stages_dir / f"{name}.json"
-    manifest = Manifest(manifest_path)
-    outputs_exist = all((manifest_path.parent / o).exists() for o in manifest.outputs_of(name))
-    if not force and outputs_exist and is_fresh(record, key):
+    if _is_cached(notebook, paths, manifest_path, key, force):
         return StageResult(name, "cached", 0.0, 0.0)
+    if progress is None:
+        wall, cells = previous_timings(Manifest(manifest_path).data, name, params["profile"])
+        progress = RunProgress([PlannedNotebook(name, True, wall, cells)])
+    tracker = progress.notebook(name, nbformat.read(str(notebook), as_version=4).cells)
     executed = paths.executed_dir / notebook.name
     executed.parent.mkdir(parents=True, exist_ok=True)
     started = datetime.now(UTC)
     t0 = time.perf_counter()
     env_threads = os.environ.get("OMP_NUM_THREADS")
-    with PeakMemory() as mem:
+    with PeakMemory() as mem, tracker:
         try:
             papermill.execute_notebook(
                 str(notebook), str(executed), parameters=params, cwd=str(REPO_ROOT),
                 kernel_name="python3", progress_bar=False, log_output=log_output,
-                request_save_on_cell_execute=True,
+                request_save_on_cell_execute=True, config=Config(kernel_config("python3")),
+                on_notebook_start=tracker.on_notebook_start, on_cell_start=tracker.on_cell_start,
+                stdout_file=tracker.stream("stdout"), stderr_file=tracker.stream("stderr"),
             )
         except Exception as err:  # papermill wraps the kernel's exception
             raise StageFailed(
@@ -167,6 +218,7 @@ def run_stage(notebook: Path, params: dict[str, Any], paths: RunPaths, manifest_
         "profile": params["profile"], "seed": params["seed"],
         "dataset": params["dataset"] or "synthetic", "commit": git_commit(REPO_ROOT),
         "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb, 1),
+        "cells_s": [round(d, 1) for d in tracker.durations],
         "omp_num_threads": env_threads, "cpu_count": os.cpu_count(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "outputs": manifest.outputs_of(name),
@@ -197,14 +249,25 @@ def run_pipeline(profile: str, *, dataset: str = "", seed: int = 0, force: bool 
     notebooks = list_notebooks(notebook_dir)
     if not notebooks:
         raise SystemExit(f"no notebooks NN_*.ipynb in {notebook_dir}")
+    manifest_path = figs / "MANIFEST.json"
+    timings = Manifest(manifest_path).data
+    stages: list[tuple[Path, str]] = []
+    plan: list[PlannedNotebook] = []
     for nb in notebooks:
         key = content_key(code_version(*notebook_modules(nb)), notebook_digest(nb), params, settings, previous,
                           data_key)
         previous = key
         if only and nb.name[:2] not in only:
             continue
+        stages.append((nb, key))
+        plan.append(PlannedNotebook(nb.stem, not _is_cached(nb, paths, manifest_path, key, force),
+                                    *previous_timings(timings, nb.stem, profile)))
+    progress = RunProgress(plan)
+    print(f"[fetalcmr] {profile} profile: {progress.summary()}", flush=True)
+    for nb, key in stages:
         print(f"[fetalcmr] {nb.stem} ...", flush=True)
-        result = run_stage(nb, params, paths, figs / "MANIFEST.json", key, force=force, log_output=log_output)
+        result = run_stage(nb, params, paths, manifest_path, key, force=force, log_output=log_output,
+                           progress=progress)
         if result.status == "cached":
             print(f"[fetalcmr] {nb.stem}: up to date (cached)", flush=True)
         else:

@@ -133,22 +133,55 @@ def test_render_comparison_grid_and_shared_box() -> None:
     plt.close(fig)
 
 
-def test_view3d_outside_kernel_returns_none(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.warns(UserWarning, match="not running inside a Jupyter kernel"):
-        assert render.view3d(np.zeros((4, 4, 4)), np.zeros((4, 4, 4), np.uint8)) is None
-    assert "Jupyter kernel" in capsys.readouterr().out
+def test_view3d_gives_an_offline_plotly_view_and_says_why(capsys: pytest.CaptureFixture[str]) -> None:
+    lm = _balls((24, 24, 24), {4: ((12, 12, 12), 5), 6: ((6, 12, 12), 3)})
+    image = np.random.default_rng(0).normal(size=lm.shape).astype(np.float32)
+    view = render.view3d(image, lm, spacing_mm=SPACING)
+    assert isinstance(view, render.Plotly3DView) and view.backend == "plotly"
+    assert "view3d: plotly (works offline" in capsys.readouterr().out
+    bundle = view._repr_mimebundle_()
+    assert set(bundle) == {render.PLOTLY_MIME, "text/plain"}
+    traces = bundle[render.PLOTLY_MIME]["data"]
+    assert sorted(t["name"] for t in traces if t["type"] == "mesh3d") == ["AO", "DAO"]
+    planes = [t for t in traces if t["type"] == "surface"]
+    assert len(planes) == 3 and all(t["visible"] == "legendonly" for t in planes)
+    assert planes[0]["surfacecolor"]["shape"] == "24,24"
+    # several maps side by side, one scene each
+    two = render.view3d(None, {"truth": lm, "method": lm}, spacing_mm=SPACING, quiet=True)
+    assert {t["scene"] for t in two.figure["data"]} == {"scene", "scene2"}
+    with pytest.raises(ValueError, match="does not match"):
+        render.view3d(image, lm[:-1])
+    with pytest.raises(ValueError, match="backend"):
+        render.view3d(image, lm, backend="vtk")
 
 
-def test_view3d_missing_itkwidgets_says_what_to_install(monkeypatch: pytest.MonkeyPatch,
-                                                        capsys: pytest.CaptureFixture[str]) -> None:
+def test_view3d_asked_for_itk_falls_back_with_the_reason(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
     import importlib.util
 
+    lm = _balls((16, 16, 16), {4: ((8, 8, 8), 4)})
+    view = render.view3d(lm.astype(np.float32), lm, backend="itk")
+    assert view.backend == "plotly" and "needs a running Jupyter kernel" in capsys.readouterr().out
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda name, *a: None if name == "itkwidgets" else real(name, *a))
-    with pytest.warns(UserWarning, match="pip install 'itkwidgets"):
-        assert render.view3d(np.zeros((4, 4, 4))) is None
-    assert "ngff-zarr==0.32.2" in capsys.readouterr().out
+    render.view3d(lm.astype(np.float32), lm, backend="itk")
+    assert "pip install 'itkwidgets[lab]==1.0a55' 'ngff-zarr==0.32.2'" in capsys.readouterr().out
+
+
+def test_itk_viewer_is_offered_only_when_its_web_assets_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert render._reachable("host.invalid", 0.5)  # no network needed to say no
+    monkeypatch.setattr(render, "_in_kernel", lambda: True)
+    monkeypatch.setattr(render, "_PROBED", {})
+    hosts = render.itk_asset_hosts()
+    assert "cdn.jsdelivr.net" in hosts and len(hosts) == 2
+    monkeypatch.setattr(render, "_reachable", lambda host, timeout_s: "" if host != hosts[0] else "timed out")
+    ok, why = render.itk_viewer_status()
+    assert not ok and hosts[0] in why and "draw nothing" in why
+    monkeypatch.setattr(render, "_reachable", lambda host, timeout_s: "")
+    assert not render.itk_viewer_status()[0]  # the answer is kept for 5 minutes
+    render._PROBED.clear()
+    assert render.itk_viewer_status()[0]
 
 
 def test_label_meshes_decimation_keeps_thin_vessels() -> None:
