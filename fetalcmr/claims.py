@@ -406,19 +406,20 @@ def render_readme_block(claims: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def readme_block(text: str) -> str | None:
-    """Return the claims block of a README's ``text`` (markers included), or None without markers."""
-    start, end = text.find(MARK_START), text.find(MARK_END)
+def readme_block(text: str, mark_start: str = MARK_START, mark_end: str = MARK_END) -> str | None:
+    """Return the block of a README's ``text`` between the markers (included; the claims block by
+    default), or None without markers."""
+    start, end = text.find(mark_start), text.find(mark_end)
     if start < 0 or end < start:
         return None
-    return text[start:end + len(MARK_END)]
+    return text[start:end + len(mark_end)]
 
 
-def replace_readme_block(text: str, block: str) -> str:
-    """Return ``text`` with its claims block replaced by ``block``; the markers must be there."""
-    current = readme_block(text)
+def replace_readme_block(text: str, block: str, mark_start: str = MARK_START, mark_end: str = MARK_END) -> str:
+    """Return ``text`` with its block between the markers replaced by ``block``; the markers must be there."""
+    current = readme_block(text, mark_start, mark_end)
     if current is None:
-        raise ValueError(f"no {MARK_START} … {MARK_END} markers in the README: add them where the block goes")
+        raise ValueError(f"no {mark_start} … {mark_end} markers in the README: add them where the block goes")
     return text.replace(current, block, 1)
 
 
