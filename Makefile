@@ -5,12 +5,15 @@ SEED ?= 0
 SECTIONS ?=
 FORCE ?=
 REGENERATED ?=
+INPUT ?= ../shared/real/thorax-atlas.nii.gz
+ORGANS ?= $(if $(wildcard ../shared/real/thorax-atlas-organs.nii.gz),$(if $(filter ../shared/real/thorax-atlas.nii.gz,$(INPUT)),../shared/real/thorax-atlas-organs.nii.gz))
+BUNDLE ?= data/runs/$(PROFILE)/models/bundle
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help reproduce report test lint lab bench verify mutation clean distclean env
+.PHONY: help reproduce report realcheck test lint lab bench verify mutation clean distclean env
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | expand -t 12
@@ -41,6 +44,9 @@ lab: $(STAMP)  ## JupyterLab on the same environment (fetalcmr.render.view3d: pl
 
 bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figures (SECTIONS="smoke infer" picks some)
 	$(PY) -m fetalcmr.bench $(SECTIONS)
+
+realcheck: $(STAMP)  ## run the bundle on one real volume and measure (INPUT=path.nii.gz ORGANS=labels BUNDLE=folder)
+	$(PY) -m fetalcmr.realcheck $(INPUT) $(BUNDLE) data/realcheck/$(notdir $(basename $(basename $(INPUT)))) $(if $(ORGANS),--organs $(ORGANS))
 
 verify: $(STAMP)  ## regenerate PROFILE and compare tables (within measured spread) and claims (REGENERATED=dir skips the run)
 	$(PY) -m fetalcmr.verify --profile $(PROFILE) --seed $(SEED) $(if $(REGENERATED),--regenerated $(REGENERATED))

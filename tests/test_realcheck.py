@@ -1,0 +1,104 @@
+"""make realcheck: measurements on one volume, checked against an independent count from the files it writes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from fetalcmr.anatomy import CLASSES, LABEL_INDEX, LABELS
+from fetalcmr.bundle import export_bundle
+from fetalcmr.config import get_profile
+from fetalcmr.io import DataError
+from fetalcmr.joint import build_joint
+from fetalcmr.realcheck import arch_connectivity, main, real_check, vessel_table
+from fetalcmr.synth import generate_subject
+from fetalcmr.synth.thorax import Tissue
+
+REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    prof = get_profile("smoke")
+    torch.manual_seed(0)
+    members = [build_joint(prof.segmenter, prof.classifier, "softmax+image")]
+    return export_bundle(tmp_path_factory.mktemp("bundle"), members, segmenter=prof.segmenter,
+                         classifier=prof.classifier, kind="softmax+image", grid=prof.cohort.grid,
+                         spacing_mm=prof.cohort.spacing_mm, labels=dict(LABELS), classes=dict(CLASSES),
+                         provenance={"test": True})
+
+
+@pytest.fixture(scope="module")
+def embedded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A generated subject inside a larger field of view (lung-bright margin), with organ labels."""
+    sub = generate_subject(0, seed=5, grid=40, spacing_mm=1.3)
+    pad = 12
+    image = np.pad(sub.image, pad, constant_values=float(np.median(sub.image[sub.tissue == Tissue.LUNG])))
+    tissue = np.pad(sub.tissue, pad, constant_values=int(Tissue.LUNG))
+    organs = np.zeros(image.shape, np.int16)
+    organs[np.isin(tissue, [Tissue.MYOCARDIUM, Tissue.BLOOD])] = 1
+    organs[tissue == Tissue.LUNG] = 2
+    affine = np.diag([1.3, 1.3, 1.3, 1.0])
+    folder = tmp_path_factory.mktemp("volume")
+    nib.save(nib.Nifti1Image(image.astype(np.float32), affine), str(folder / "thorax.nii.gz"))
+    nib.save(nib.Nifti1Image(organs, affine), str(folder / "organs.nii.gz"))
+    return folder / "thorax.nii.gz", folder / "organs.nii.gz"
+
+
+def test_measurements_match_an_independent_count(bundle: Path, embedded: tuple[Path, Path], tmp_path: Path) -> None:
+    image_path, organs_path = embedded
+    result = real_check(image_path, bundle, tmp_path, organs=organs_path, progress=False)
+    image = nib.load(str(image_path)).get_fdata()
+    organs = nib.load(str(organs_path)).get_fdata().astype(int)
+    labels = nib.load(str(tmp_path / "thorax_labels.nii.gz")).get_fdata().astype(int)
+    assert labels.shape == image.shape  # back on the input's own (larger) grid
+    assert sum(result["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert result["class"] in CLASSES.values()
+    vessels = labels > 0
+    assert result["vessel_volume_mm3"] == pytest.approx(vessels.sum() * 1.3 ** 3)
+    if vessels.any():
+        assert result["vessel_fraction_in_heart"] == pytest.approx((vessels & (organs == 1)).sum() / vessels.sum())
+        lung = image[organs == 2].mean()
+        assert result["vessel_intensity_rel"] == pytest.approx(image[vessels].mean() / lung, rel=1e-5)
+    table = pd.read_csv(tmp_path / "realcheck_vessels.csv")
+    assert table["voxels"].sum() == vessels.sum()
+    assert json.loads((tmp_path / "realcheck.json").read_text())["class"] == result["class"]
+    assert (tmp_path / "realcheck_overlay.png").stat().st_size > 10_000
+
+
+def test_vessel_table_and_arch_connectivity_on_known_maps() -> None:
+    labels = np.zeros((12, 12, 12), np.int16)
+    ao, dao = LABEL_INDEX["AO"], LABEL_INDEX["DAO"]
+    labels[2:10, 2:10, 5] = ao
+    labels[4:8, 4:8, 5] = 0  # a ring of AO
+    labels[0, 0, 0] = dao  # a separate DAO piece
+    assert arch_connectivity(labels) == {"arch_pieces": 2, "arch_loops": 1}
+    image = np.where(labels == ao, 10.0, 100.0)
+    t = vessel_table(image, labels, voxel_mm3=0.5, reference=100.0).set_index("label")
+    assert t.loc["AO", "voxels"] == 48 and t.loc["AO", "volume_mm3"] == 24.0
+    assert t.loc["AO", "intensity_rel"] == pytest.approx(0.1) and t.loc["DAO", "intensity_rel"] == pytest.approx(1.0)
+
+
+def test_organ_labels_on_another_grid_are_refused(bundle: Path, embedded: tuple[Path, Path], tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    image_path, _ = embedded
+    wrong = tmp_path / "organs_small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((5, 5, 5), np.int16), np.eye(4)), str(wrong))
+    with pytest.raises(DataError, match="organs_small.nii.gz: organ labels are not on the grid"):
+        real_check(image_path, bundle, tmp_path / "out", organs=wrong, progress=False)
+    assert main([str(image_path), str(bundle), str(tmp_path / "out2"), "--organs", str(wrong)]) == 2
+    assert "not on the grid" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not (REAL / "thorax-atlas.nii.gz").exists(), reason="../shared/real/ is not on this machine")
+def test_runs_on_the_shared_real_volume(bundle: Path, tmp_path: Path) -> None:
+    """The public thorax atlas end to end (an untrained bundle here: only that it runs and measures)."""
+    result = real_check(REAL / "thorax-atlas.nii.gz", bundle, tmp_path, organs=REAL / "thorax-atlas-organs.nii.gz",
+                        progress=False)
+    assert result["intensity_reference"] == "lung mean" and (tmp_path / "realcheck.md").exists()
