@@ -34,7 +34,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from fetalcmr.anatomy import CLASSES, N_LABELS
 from fetalcmr.cache import code_version, content_key, mark_fresh

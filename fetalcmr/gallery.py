@@ -267,7 +267,7 @@ def write_gallery(
         raise ValueError("write_gallery: case ids are not unique")
     iterator: Any = enumerate(cases)
     if progress:
-        from tqdm.auto import tqdm
+        from tqdm.std import tqdm
 
         iterator = tqdm(iterator, total=len(cases), desc="gallery")
     index_rows = []

@@ -123,7 +123,7 @@ def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], ou
     ``predictions.csv`` and ``predictions.json`` (one row per case: class, probabilities,
     topology verdict and reasons, seconds). Returns the table.
     """
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     from fetalcmr.bundle import load_bundle
     from fetalcmr.data import load_volume

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from fetalcmr.anatomy import N_LABELS
 from fetalcmr.atomic import atomic_path

@@ -290,7 +290,7 @@ def load_subject(item: Mapping[str, Any], split: str, atlas: AtlasData, grid: in
 def load_subjects(data: Mapping[str, Any], atlases: Mapping[int, AtlasData], grid: int,
                   splits: Sequence[str] = SPLITS, progress: bool = False) -> list[SubjectData]:
     """Return the subjects of ``splits`` loaded at the registration grid (class atlas must exist)."""
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     items = [(split, item) for split in splits for item in data.get(split, []) or []]
     out = []
@@ -448,7 +448,7 @@ def train_registration(subjects: Sequence[SubjectData], atlases: Mapping[int, At
     (weight 1 / class count, so the rare DAA atlas is trained as often as the CoA one), each
     with its class atlas as source.
     """
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     if not subjects:
         raise DataError("no training subjects for label propagation")
@@ -655,7 +655,7 @@ def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
     ``seconds_network``, ``fold_fraction_network``), so the refinement's effect is measured on
     the same pairs.
     """
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     rows = []
     for subj in tqdm(subjects, desc="propagate labels", disable=not progress):
@@ -721,7 +721,7 @@ def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.
     else:
         fit = [s for s in subjects if s.split in ("training", "validation")]
         if cfg.affine_steps:
-            from tqdm.auto import tqdm
+            from tqdm.std import tqdm
 
             for subj in tqdm(fit, desc="affine pre-alignment", disable=not progress):
                 prealign(subj, atlases[subj.cls], cfg.affine_steps)
@@ -774,7 +774,7 @@ def evaluate_against_truth(items: Sequence[Mapping[str, Any]], predictions: Mapp
     truth's foreground) and ``fg_dice_binary`` (foreground vs the manual mask, when the item has
     one). Items without ``gt`` or without a prediction are skipped.
     """
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     from fetalcmr.metrics import evaluate_segmentation, region_metrics
 

@@ -176,7 +176,7 @@ def run_baselines(data: Mapping[str, Any], out_dir: str | os.PathLike[str], *,
     ``gt``). ``max_subjects`` > 0 takes the first subjects of each class in turn (stratified).
     Cached by the content of everything read, the settings and the code version.
     """
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     from fetalcmr.atomic import atomic_path
     from fetalcmr.cache import code_version, content_key, is_fresh, mark_fresh

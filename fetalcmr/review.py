@@ -126,7 +126,7 @@ def load_cases(items: Sequence[Mapping[str, Any]], method_dirs: Mapping[str, str
     The LP baseline comes from ``item["lp"]`` when ``with_lp``. A method missing a subject's file
     is left out of that case and named in ``messages`` (nothing is silently dropped).
     """
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     cases, messages = [], []
     for item in tqdm(items, desc="load label maps", disable=not progress):
@@ -171,7 +171,7 @@ def review_case(case: ReviewCase) -> list[dict[str, Any]]:
 
 def review_table(cases: Iterable[ReviewCase], *, progress: bool = False) -> pd.DataFrame:
     """Return the per-subject, per-method report table of ``cases`` (see :func:`review_case`)."""
-    from tqdm.auto import tqdm
+    from tqdm.std import tqdm
 
     rows = [r for c in tqdm(list(cases), desc="topology reports", disable=not progress) for r in review_case(c)]
     df = pd.DataFrame(rows)

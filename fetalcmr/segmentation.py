@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from fetalcmr.anatomy import CLASSES, LABELS
 from fetalcmr.cache import code_version, content_key, file_digest

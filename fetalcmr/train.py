@@ -49,7 +49,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from fetalcmr.atomic import atomic_path, write_text_atomic
 from fetalcmr.classmetrics import balanced_accuracy

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm.std import tqdm
 
 from fetalcmr.anatomy import CLASSES, LABELS
 from fetalcmr.cache import code_version, content_key
