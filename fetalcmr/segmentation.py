@@ -13,6 +13,7 @@ networks live under ``models_dir/segmenter_<letter>/`` and are reused when their
 (configuration, seed, training-data digest, code version) is unchanged. What the stage leaves in a
 run folder is :class:`SegmentationOutputs` (:func:`run_segmentation`, :func:`load_segmentation`).
 
+>>> from fetalcmr.methods import get, methods_of
 >>> [m.id for m in methods_of(STAGE)]
 ['lp', 'net_lp', 'net_lp_manual', 'net_manual']
 >>> get(METHOD).label
