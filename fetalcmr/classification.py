@@ -172,8 +172,13 @@ def pool_to(x: np.ndarray | torch.Tensor, grid: int | None) -> np.ndarray:
 
 def segmenter_softmax(segmenter: nn.Module, samples: Sequence[Mapping[str, Any]], *, grid: int | None,
                       progress: bool = True) -> dict[str, np.ndarray]:
-    """Return ``{id: softmax [12, grid³] float32}`` of the frozen ``segmenter`` on each sample's image."""
-    return {str(s["id"]): pool_to(predict_volume(segmenter, s["image"]).softmax, grid)
+    """Return ``{id: softmax [12, grid³] float32}`` of the frozen ``segmenter`` on each sample's image.
+
+    The softmax is rounded to float16 on the sample's grid before pooling, as notebook 02's stored
+    files are (:func:`fetalcmr.predict.save_softmax`), so the classifier inputs are the same bits
+    whether :func:`prepare_classification` computes the softmax or reads notebook 02's files.
+    """
+    return {str(s["id"]): pool_to(predict_volume(segmenter, s["image"]).softmax.astype(np.float16), grid)
             for s in tqdm(samples, desc="segmenter softmax", disable=not progress, leave=False)}
 
 

@@ -150,8 +150,30 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+#: environment variable fixing the CPU threads of every training process (default: its cores)
+THREADS_ENV = "FETALCMR_THREADS"
+
+
+def cpu_threads(world_size: int = 1) -> int:
+    """Return the torch CPU threads of one training process: ``$FETALCMR_THREADS`` when set, else
+    this process's cores shared among ``world_size`` processes.
+
+    The thread count changes the bits of training (the splits of every reduction follow it), so
+    fixing it makes runs on machines with different core counts comparable (docs/design.md §6).
+    """
+    value = os.environ.get(THREADS_ENV, "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"{THREADS_ENV} must be a positive integer, not {value!r}")
+        return int(value)
+    return max(1, available_cores() // max(world_size, 1))
+
+
 def runtime() -> Runtime:
-    """Return the device (CUDA if present) and, under ``torchrun``, join the process group."""
+    """Return the device (CUDA if present) and, under ``torchrun``, join the process group.
+
+    On the CPU, torch runs :func:`cpu_threads` threads.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     cuda = torch.cuda.is_available()
@@ -163,15 +185,27 @@ def runtime() -> Runtime:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-        torch.set_num_threads(max(1, available_cores() // max(world, 1)))
+        torch.set_num_threads(cpu_threads(world))
     return Runtime(device=device, rank=rank, world_size=world, distributed=world > 1)
 
 
+def deterministic_kernels() -> None:
+    """Ask torch for deterministic kernels: ``use_deterministic_algorithms`` (warning, not failing,
+    on an operation that has none, e.g. 3D average-pool backward on CUDA), cuDNN without
+    benchmarking or non-deterministic algorithms, and cuBLAS's deterministic workspace (read when
+    CUDA's first cuBLAS handle is made). On the CPU this changes no result of the pipeline."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+
+
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) random generators."""
+    """Seed Python, NumPy and torch (CPU and CUDA) random generators; use deterministic kernels."""
     random.seed(seed)
     np.random.seed(seed % (2**32))  # noqa: NPY002 (libraries draw from the global state)
     torch.manual_seed(seed)
+    deterministic_kernels()
 
 
 def _rng_state() -> dict[str, Any]:

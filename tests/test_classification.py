@@ -148,7 +148,7 @@ def test_segmenter_softmax_is_a_distribution_on_the_classifier_grid() -> None:
     assert set(soft) == {s["id"] for s in samples}
     for v in soft.values():
         assert v.shape == (12, 8, 8, 8) and v.dtype == np.float32
-        np.testing.assert_allclose(v.sum(0), 1.0, atol=1e-5)
+        np.testing.assert_allclose(v.sum(0), 1.0, atol=1e-3)  # rounded to float16 before pooling
     with pytest.raises(KeyError, match="no segmenter softmax"):
         classification_samples(_samples(1, seed=9), soft, grid=8)
 
@@ -259,6 +259,7 @@ def test_prepare_classification_stores_and_rereads_the_softmax_per_subject(tiny_
                                                   ("image",), grid=None, spacing_mm=None), tmp_path / "nb02")
     (folder / SOFTMAX_DONE).write_text("{}")
     stored = prepare_classification(data, _NoSegmenter(), cache_dir=tmp_path / "cache2", softmax_dir=folder, **kw)
-    np.testing.assert_allclose(extras(stored), extras(first), atol=2e-3)  # float16 before pooling
+    # the same bits as the softmax computed here (both rounded to float16 before pooling, then after)
+    np.testing.assert_array_equal(extras(stored), extras(first))
     rerun = prepare_classification(data, _NoSegmenter(), cache_dir=tmp_path / "cache2", softmax_dir=folder, **kw)
     np.testing.assert_array_equal(extras(rerun), extras(stored))
