@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.std import tqdm
 
-from fetalcmr.anatomy import CLASSES, N_LABELS
+from fetalcmr.anatomy import CLASSES, LABEL_INDEX, N_LABELS
 from fetalcmr.cache import code_version, content_key, mark_fresh
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import make_classifier
@@ -99,6 +99,59 @@ class GridPool(nn.Module):
         return F.adaptive_avg_pool3d(x, self.grid)
 
 
+def crop_starts(x: torch.Tensor, size: int, *, centre_channel: int | None) -> torch.Tensor:
+    """Return [B, 3] start indices of a ``size``³ crop of the [B, C, ...] tensor ``x``.
+
+    The crop is centred on the probability-weighted centroid of channel ``centre_channel`` (the
+    segmenter's AO softmax), or on the grid centre when ``centre_channel`` is None or the channel
+    is empty; it is moved inside the volume when the centre is near an edge.
+    """
+    shape = torch.tensor(x.shape[2:], dtype=torch.float64)
+    centre = ((shape - 1) / 2).expand(x.shape[0], 3).clone()
+    if centre_channel is not None:
+        with torch.no_grad():
+            w = x[:, centre_channel].double().clamp_min(0)
+            mass = w.sum(dim=(1, 2, 3))
+            axes = [torch.arange(n, dtype=torch.float64) for n in x.shape[2:]]
+            grids = torch.meshgrid(*axes, indexing="ij")
+            weighted = torch.stack([(w * g).sum(dim=(1, 2, 3)) for g in grids], dim=1)
+            found = mass > 1e-3
+            centre[found] = weighted[found] / mass[found, None]
+    start = torch.round(centre - (size - 1) / 2).long()
+    return torch.minimum(start.clamp_min(0), (shape.long() - size).clamp_min(0))
+
+
+class ArchCrop(nn.Module):
+    """Crop a [B, n_labels + 1, ...] input (softmax channels, then image) to ``size``³ around the aorta.
+
+    The crop is centred on the segmenter's AO softmax centroid for every input type, so all
+    types see the same region (the image-only classifier gets the segmenter's localisation, not its
+    softmax channels); identity when the input is already ``size``³ (samples cropped beforehand by
+    :func:`crop_sample`).
+    """
+
+    def __init__(self, size: int | None) -> None:
+        super().__init__()
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return the crops of ``x``."""
+        if self.size is None or tuple(x.shape[2:]) == (self.size,) * 3:
+            return x
+        starts = crop_starts(x, self.size, centre_channel=LABEL_INDEX["AO"])
+        k = self.size
+        return torch.stack([x[b, :, i:i + k, j:j + k, m:m + k] for b, (i, j, m) in enumerate(starts.tolist())])
+
+
+def crop_sample(softmax: np.ndarray, image: np.ndarray, size: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(softmax, image)`` [C, ...] cropped to ``size``³ as :class:`ArchCrop` crops them."""
+    if size is None:
+        return softmax, image
+    x = torch.cat([torch.as_tensor(softmax, dtype=torch.float32), torch.as_tensor(image, dtype=torch.float32)])
+    out = ArchCrop(size)(x[None])[0].numpy()
+    return out[:-image.shape[0]], out[-image.shape[0]:]
+
+
 def min_classifier_grid(cfg: ClassifierConfig) -> int:
     """Return the smallest input grid whose last dense block is still ≥ 2³ (instance norm needs it).
 
@@ -110,18 +163,19 @@ def min_classifier_grid(cfg: ClassifierConfig) -> int:
 
 
 def build_classifier(cfg: ClassifierConfig, kind: str, n_labels: int = N_LABELS) -> nn.Module:
-    """Return ``InputSelect(kind) → GridPool(cfg.grid) [→ 1×1×1 projection] → DenseNet``.
+    """Return ``ArchCrop(cfg.crop) → InputSelect(kind) → GridPool(cfg.grid) [→ 1×1×1 projection] → DenseNet``.
 
     The network reads [B, n_labels + 1, ...]. The projection (``cfg.input_projection``) applies
     to inputs with more channels than it keeps: the 7³ stem convolution dominates the cost of a
     small DenseNet on 12 or 13 channels, and a learned channel mix in front of it is a low-rank
     factorisation of that stem.
     """
-    if cfg.grid is not None and cfg.grid < min_classifier_grid(cfg):
-        raise ValueError(f"classifier grid {cfg.grid} is below the smallest grid {min_classifier_grid(cfg)} "
+    side = cfg.grid or cfg.crop
+    if side is not None and side < min_classifier_grid(cfg):
+        raise ValueError(f"classifier input {side}³ is below the smallest grid {min_classifier_grid(cfg)} "
                          f"for arch {cfg.arch!r} with blocks {cfg.block_config}")
     channels = input_channels(kind, n_labels)
-    layers: list[nn.Module] = [InputSelect(kind, n_labels), GridPool(cfg.grid)]
+    layers: list[nn.Module] = [ArchCrop(cfg.crop), InputSelect(kind, n_labels), GridPool(cfg.grid)]
     if cfg.input_projection is not None and channels > cfg.input_projection:
         layers.append(nn.Conv3d(channels, cfg.input_projection, kernel_size=1))
         channels = cfg.input_projection
@@ -136,6 +190,9 @@ def describe_classifier(cfg: ClassifierConfig, source_grid: int | None = None) -
         blocks = "-".join(str(b) for b in cfg.block_config)
         net = (f"small MONAI DenseNet (init {cfg.init_features}, growth {cfg.growth_rate}, blocks {blocks}; "
                "the reference uses DenseNet121)")
+    if cfg.crop is not None:
+        net += f", input a native-resolution {cfg.crop}³ crop centred on the segmenter's aorta"
+        return net + (f" average-pooled to {cfg.grid}³" if cfg.grid else "")
     grid = cfg.grid or source_grid
     return f"{net}, input {grid}³" + (f" average-pooled from {source_grid}³" if cfg.grid and source_grid
                                        and cfg.grid != source_grid else "")
@@ -183,8 +240,9 @@ def segmenter_softmax(segmenter: nn.Module, samples: Sequence[Mapping[str, Any]]
 
 
 def classification_samples(samples: Sequence[Mapping[str, Any]], softmax: Mapping[str, np.ndarray], *,
-                           grid: int | None) -> list[dict[str, Any]]:
-    """Return classifier samples ``{id, image [1,g³], extra (softmax) [12,g³], label}`` on ``grid``.
+                           grid: int | None, crop: int | None = None) -> list[dict[str, Any]]:
+    """Return classifier samples ``{id, image [1,g³], extra (softmax) [12,g³], label}`` on ``grid``,
+    or cropped to ``crop``³ around the aorta (:class:`ArchCrop`).
 
     ``samples`` come from :func:`fetalcmr.data.make_samples` (image and label; never ``gt``).
     """
@@ -197,6 +255,7 @@ def classification_samples(samples: Sequence[Mapping[str, Any]], softmax: Mappin
         soft = pool_to(softmax[sid], grid)
         if soft.shape[1:] != image.shape[1:]:
             raise ValueError(f"{sid}: softmax grid {soft.shape[1:]} differs from image grid {image.shape[1:]}")
+        soft, image = crop_sample(soft, image, crop)
         out.append({"id": sid, "image": image, "extra": soft, "label": int(s["label"])})
     return out
 
@@ -263,7 +322,7 @@ def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, seg
         mark_fresh(cache / SOFTMAX_DONE, key, n_subjects=len(softmax))
         # read back what was stored, so a first run and a cached run train on identical inputs
         softmax = stored_softmax(cache, ids, grid=cfg.grid)
-    samples = {split: classification_samples(v, softmax, grid=cfg.grid) for split, v in raw.items()}
+    samples = {split: classification_samples(v, softmax, grid=cfg.grid, crop=cfg.crop) for split, v in raw.items()}
     return ClassificationData(samples=samples, items=items, data_key=key, softmax_dir=cache)
 
 

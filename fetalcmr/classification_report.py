@@ -16,7 +16,7 @@ import pandas as pd
 from fetalcmr.anatomy import CLASSES
 from fetalcmr.calibration import expected_calibration_error, reliability_table
 from fetalcmr.classification import ClassificationRun, input_channels, probs_of
-from fetalcmr.classmetrics import balanced_accuracy, confusion, per_class_scores
+from fetalcmr.classmetrics import balanced_accuracy, bootstrap_balanced_accuracy, confusion, per_class_scores
 from fetalcmr.stats import mean_sd
 
 
@@ -33,24 +33,57 @@ def run_scores(predictions: pd.DataFrame, n_bins: int = 10) -> pd.DataFrame:
 
 
 def summary_table(runs: Sequence[ClassificationRun], n_bins: int = 10) -> pd.DataFrame:
-    """Return one row per input type: channels, balanced accuracy and ECE as mean (sd) over seeds, costs."""
+    """Return one row per input type: channels, balanced accuracy and ECE as mean (sd) over seeds,
+    the 95 % bootstrap interval over test subjects of the seed-mean balanced accuracy, and costs."""
     preds = pd.concat([r.predictions for r in runs], ignore_index=True)
     scores = run_scores(preds, n_bins)
     rows = []
     for kind in dict.fromkeys(r.kind for r in runs):
         s = scores[scores["kind"] == kind]
         mine = [r for r in runs if r.kind == kind]
+        ci = bootstrap_balanced_accuracy(preds[preds["kind"] == kind])
         rows.append({
             "input": kind, "channels": input_channels(kind), "seeds": len(mine),
             "balanced_accuracy": mean_sd(s["balanced_accuracy"]),
             "bacc_mean": float(s["balanced_accuracy"].mean()),
             "bacc_sd": float(s["balanced_accuracy"].std(ddof=1)) if len(s) > 1 else float("nan"),
+            "bacc_ci95": _interval_cell(float(s["balanced_accuracy"].mean()), *ci),
+            "bacc_ci_low": ci[0], "bacc_ci_high": ci[1],
             "ece": mean_sd(s["ece"]),
             "train_s_per_run": float(np.mean([r.train_seconds for r in mine])),
             "infer_s_per_subject": float(np.mean([r.infer_seconds_per_subject for r in mine])),
         })
     return pd.DataFrame(rows)
 
+
+
+_EPS = 1e-9  # bootstrap bounds within rounding of 0 count as 0
+
+
+def _interval_cell(mean: float, low: float, high: float, digits: int = 2) -> str:
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def paired_table(predictions: pd.DataFrame, pairs: Sequence[tuple[str, str]] | None = None) -> pd.DataFrame:
+    """Paired differences in seed-mean balanced accuracy between input types on the same test subjects.
+
+    One row per pair ``(a, b)`` (default: every pair, in order of appearance): both means, the
+    difference ``a − b`` and its 95 % paired bootstrap interval over subjects, and the verdict
+    "a better", "b better" or "not distinguishable" (the interval contains 0).
+    """
+    kinds = list(dict.fromkeys(predictions["kind"]))
+    pairs = pairs or [(a, b) for i, a in enumerate(kinds) for b in kinds[i + 1:]]
+    rows = []
+    for a, b in pairs:
+        pa, pb = predictions[predictions["kind"] == a], predictions[predictions["kind"] == b]
+        ma, mb = (np.mean([balanced_accuracy(g["label"], g["pred"]) for _, g in x.groupby("seed")]) for x in (pa, pb))
+        lo, hi = bootstrap_balanced_accuracy(pa, pb)
+        verdict = f"{a} better" if lo > _EPS else f"{b} better" if hi < -_EPS else "not distinguishable"
+        rows.append({"a": a, "b": b, "seeds": int(pa["seed"].nunique()), "n": int(pa["id"].nunique()),
+                     "bacc_a": float(ma), "bacc_b": float(mb), "diff": float(ma - mb),
+                     "diff_ci95": _interval_cell(float(ma - mb), lo, hi, 3), "ci_low": lo, "ci_high": hi,
+                     "verdict": verdict})
+    return pd.DataFrame(rows)
 
 
 def per_class_table(predictions: pd.DataFrame, classes: Mapping[int, str] = CLASSES) -> pd.DataFrame:

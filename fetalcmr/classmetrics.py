@@ -39,6 +39,47 @@ def balanced_accuracy(truth: Sequence[int], pred: Sequence[int]) -> float:
     return float(np.mean([np.mean(p[t == c] == c) for c in np.unique(t)]))
 
 
+def _correct_by_class(predictions: pd.DataFrame) -> list[np.ndarray]:
+    """Per true class, a ``[seeds, subjects]`` boolean array: was the subject classified correctly."""
+    wide = predictions.assign(ok=predictions["label"] == predictions["pred"]).pivot_table(
+        index="id", columns="seed", values="ok", aggfunc="first")
+    if wide.isna().any().any():
+        raise ValueError("every seed must predict the same subjects")
+    truth = predictions.drop_duplicates("id").set_index("id")["label"].loc[wide.index].to_numpy()
+    ok = wide.to_numpy(dtype=bool).T
+    return [ok[:, truth == c] for c in np.unique(truth)]
+
+
+def bootstrap_balanced_accuracy(predictions: pd.DataFrame, other: pd.DataFrame | None = None, *,
+                                n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of the seed-mean balanced accuracy (columns ``seed, id, label, pred``).
+
+    Two-level resampling, so the interval covers both sources of variance: the training seeds are
+    resampled with replacement, and the test subjects within each true class (class sizes fixed,
+    every class present); each resample's balanced accuracy is averaged over its seeds. With
+    ``other`` (another classifier's predictions of the same subjects) the interval is of the
+    difference ``predictions − other`` on the same subject resamples (seeds drawn independently:
+    runs of different classifiers are not paired by seed).
+
+    >>> p = pd.DataFrame({"seed": 0, "id": list("abcd"), "label": [0, 0, 1, 1], "pred": [0, 0, 1, 1]})
+    >>> bootstrap_balanced_accuracy(p)
+    (1.0, 1.0)
+    """
+    rng = np.random.default_rng(seed)
+    tables = [_correct_by_class(predictions)] + ([_correct_by_class(other)] if other is not None else [])
+    if len(tables) == 2 and [m.shape[1] for m in tables[0]] != [t.shape[1] for t in tables[1]]:
+        raise ValueError("paired bootstrap needs the same test subjects in both prediction tables")
+    seed_draws = [rng.integers(0, t[0].shape[0], size=(n_boot, t[0].shape[0]))[:, :, None] for t in tables]
+    total = np.zeros(n_boot)
+    for c in range(len(tables[0])):
+        n_c = tables[0][c].shape[1]
+        idx = rng.integers(0, n_c, size=(n_boot, 1, n_c))
+        for sign, table, seeds in zip((1.0, -1.0), tables, seed_draws):
+            total += sign * table[c][seeds, idx].mean(axis=(1, 2))  # recall of class c per resample
+    lo, hi = np.percentile(total / len(tables[0]), [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return float(lo), float(hi)
+
+
 def _ratio(num: float, den: float) -> float:
     return float(num) / float(den) if den > 0 else float("nan")
 

@@ -78,18 +78,20 @@ def per_label_table(seg: pd.DataFrame, methods: Sequence[str], classes: Mapping[
 def paired_test(seg: pd.DataFrame, a: str, b: str, ids: set[str] | None = None) -> dict[str, Any]:
     """Return the paired Wilcoxon signed-rank test of per-subject mean Dice, method ``a`` vs ``b``.
 
-    Keys: ``n``, ``mean_a``, ``mean_b``, ``mean_diff`` (a − b), ``statistic``, ``p`` (two-sided;
+    Keys: ``n``, ``mean_a``, ``mean_b``, ``mean_diff`` (a − b) with its 95 % paired bootstrap interval
+    ``diff_ci_low``/``diff_ci_high``, ``statistic``, ``p`` (two-sided;
     ``nan`` with fewer than 2 pairs or all differences zero; :func:`fetalcmr.stats.paired_wilcoxon`).
     """
     wide = subject_mean_dice(seg).reset_index().pivot_table(index="id", columns="method", values="dice")
     if a not in wide or b not in wide:
-        return {"n": 0, "mean_a": np.nan, "mean_b": np.nan, "mean_diff": np.nan, "statistic": np.nan, "p": np.nan}
+        return {"n": 0, "mean_a": np.nan, "mean_b": np.nan, "mean_diff": np.nan, "diff_ci_low": np.nan,
+                "diff_ci_high": np.nan, "statistic": np.nan, "p": np.nan}
     wide = wide[[a, b]].dropna()
     if ids is not None:
         wide = wide[wide.index.isin(ids)]
     t = paired_wilcoxon(wide[a], wide[b])
-    return {"n": t.n, "mean_a": t.mean_a, "mean_b": t.mean_b, "mean_diff": t.mean_diff, "statistic": t.statistic,
-            "p": t.p_value}
+    return {"n": t.n, "mean_a": t.mean_a, "mean_b": t.mean_b, "mean_diff": t.mean_diff,
+            "diff_ci_low": t.diff_ci_low, "diff_ci_high": t.diff_ci_high, "statistic": t.statistic, "p": t.p_value}
 
 
 

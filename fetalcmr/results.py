@@ -69,8 +69,10 @@ def _segmentation(t: Tables) -> str:
     parts = []
     for r in tests.itertuples(index=False):
         other = str(r.comparison).split(" vs ")[-1]
+        ci = (f", difference {float(r.mean_difference):+.3f} [{float(r.diff_ci_low):+.3f}, "
+              f"{float(r.diff_ci_high):+.3f}]" if "diff_ci_low" in tests else "")
         parts.append(f"vs {other} {_f(r.mean_dice_other)}: {int(r.subjects_improved)}/{int(r.n_subjects)} "
-                     f"subjects better, Wilcoxon p = {_p(r.p_value)}")
+                     f"subjects better{ci}, Wilcoxon p = {_p(r.p_value)}")
     mean_c = _f(tests.iloc[0][f"mean_dice_{c.letter}"]) if len(tests) else "–"
     vessels = ", ".join(f"{v} {dice.loc[v, c.label].split(' ')[0]}" for v in SHOWN_VESSELS if v in dice.index)
     return f"mean vessel Dice of {c.label} {mean_c} (" + "; ".join(parts) + f"); per vessel: {vessels}"
@@ -79,6 +81,10 @@ def _segmentation(t: Tables) -> str:
 def _classification(t: Tables) -> str:
     b = t["tab03_balanced_accuracy"]
     seeds = int(b["seeds"].max())
+    if "bacc_ci95" in b:
+        parts = ", ".join(f"{r.input} {r.bacc_ci95}" for r in b.itertuples(index=False))
+        return (f"balanced accuracy, mean over {seeds} classifier seeds [95 % bootstrap over seeds and test "
+                f"subjects]: {parts} (paper: {PAPER_BACC} for softmax + image)")
     parts = ", ".join(f"{r.input} {r.balanced_accuracy}" for r in b.itertuples(index=False))
     return (f"balanced accuracy, mean (sd) over {seeds} classifier seeds: {parts} "
             f"(paper: {PAPER_BACC} for softmax + image)")
@@ -88,9 +94,12 @@ def _joint(t: Tables) -> str:
     comp, tests = t["tab04_comparison"], t["tab04_paired_tests"]
     methods = ", ".join(f"{_short(r.method)} {_f(r.dice)}" for r in comp.itertuples(index=False))
     bacc = ", ".join(f"{_short(r.method)} {_f(r.balanced_accuracy, 2)}" for r in comp.itertuples(index=False))
-    pairs = [f"{_short(r.a)} − {_short(r.b)} {float(r.mean_diff):+.3f} (p = {_p(r.p)})"
-             for r in tests[tests["subset"] == "all"].itertuples(index=False)]
-    text = f"mean Dice {methods}; paired differences on all test subjects: {', '.join(pairs)}; balanced accuracy {bacc}"
+    pairs = [f"{_short(r.a)} − {_short(r.b)} {float(r.mean_diff):+.3f}"
+             + (f" [{float(r.diff_ci_low):+.3f}, {float(r.diff_ci_high):+.3f}]" if "diff_ci_low" in tests else "")
+             + f" (p = {_p(r.p)})" for r in tests[tests["subset"] == "all"].itertuples(index=False)]
+    how = " (mean [95 % bootstrap])" if "diff_ci_low" in tests else ""
+    text = (f"mean Dice {methods}; paired differences on all test subjects{how}: "
+            f"{', '.join(pairs)}; balanced accuracy {bacc}")
     sweep = t.get("tab04_lambda_sweep")
     if sweep is not None and len(sweep) > 1:
         first, last = sweep.iloc[0], sweep.iloc[-1]

@@ -165,6 +165,13 @@ def _describe_failure(err: Exception) -> str:
     return f"{where} raised {ename}: {evalue}"
 
 
+def _torch_threads() -> int:
+    """Torch CPU threads the notebook's training ran with (they change the bits: docs/design.md §6)."""
+    from fetalcmr.train import cpu_threads
+
+    return cpu_threads()
+
+
 def run_stage(notebook: Path, params: dict[str, Any], paths: RunPaths, manifest_path: Path,
               key: str, *, force: bool = False, log_output: bool = False,
               progress: RunProgress | None = None) -> StageResult:
@@ -219,7 +226,7 @@ def run_stage(notebook: Path, params: dict[str, Any], paths: RunPaths, manifest_
         "dataset": params["dataset"] or "synthetic", "commit": git_commit(REPO_ROOT),
         "wall_s": round(wall, 1), "peak_rss_mb": round(peak_mb, 1),
         "cells_s": [round(d, 1) for d in tracker.durations],
-        "omp_num_threads": env_threads, "cpu_count": os.cpu_count(),
+        "omp_num_threads": env_threads, "cpu_count": os.cpu_count(), "torch_threads": _torch_threads(),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "outputs": manifest.outputs_of(name),
     })

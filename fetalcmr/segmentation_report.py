@@ -21,7 +21,8 @@ from fetalcmr.stats import mean_sd, paired_wilcoxon
 
 def wilcoxon_tests(per_label: pd.DataFrame, reference: str = METHOD,
                    others: Sequence[str] = ("lp", "net_lp")) -> pd.DataFrame:
-    """Return paired Wilcoxon signed-rank tests of per-subject mean Dice: ``reference`` vs each other.
+    """Return paired Wilcoxon signed-rank tests of per-subject mean Dice: ``reference`` vs each other,
+    with the 95 % paired bootstrap interval of the mean difference.
 
     One row per comparison on the subjects both methods were evaluated on
     (:func:`fetalcmr.stats.paired_wilcoxon`: W and p are NaN with fewer than 2 subjects or no difference);
@@ -36,7 +37,8 @@ def wilcoxon_tests(per_label: pd.DataFrame, reference: str = METHOD,
         t = paired_wilcoxon(pair[reference], pair[other])
         rows.append({"comparison": f"{get(reference).label} vs {get(other).label}",
                      "n_subjects": t.n, f"mean_dice_{get(reference).letter}": t.mean_a, "mean_dice_other": t.mean_b,
-                     "median_difference": t.median_diff, "subjects_improved": t.n_a_greater,
+                     "median_difference": t.median_diff, "mean_difference": t.mean_diff,
+                     "diff_ci_low": t.diff_ci_low, "diff_ci_high": t.diff_ci_high, "subjects_improved": t.n_a_greater,
                      "wilcoxon_W": t.statistic, "p_value": t.p_value})
     return pd.DataFrame(rows)
 

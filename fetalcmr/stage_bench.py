@@ -73,7 +73,7 @@ def segmentation_costs(threads: int = 2, repeat: int = 3) -> dict[str, float]:
     per_sample = _time(step, repeat) / bs
     out[f"train_s_per_sample_{side}"] = per_sample
     out["train_samples_per_s"] = 1.0 / per_sample
-    n_train = round(prof.cohort.n_subjects * prof.cohort.split_fractions[0])
+    n_train = prof.cohort.n_training()
     out["estimated_train_s_three_networks"] = 3 * cfg.epochs * n_train * per_sample
     return out
 
@@ -116,13 +116,14 @@ def classification_costs(profile: str = "default", *, steps: int = 2, batch_size
     grid = source_grid or prof.cohort.grid
     bs = batch_size or cfg.batch_size
     timer = timer or _time_steps
-    n_train = round(prof.cohort.n_subjects * prof.cohort.split_fractions[0])
-    out: dict[str, Any] = {"profile": profile, "arch": cfg.arch, "grid": cfg.grid or grid,
+    n_train = prof.cohort.n_training()
+    side = cfg.grid or cfg.crop or grid  # samples are cached pooled to the grid or cropped
+    out: dict[str, Any] = {"profile": profile, "arch": cfg.arch, "grid": side,
                            "source_grid": grid, "threads": torch.get_num_threads(), "batch_size": bs}
     for kind in kinds:
         torch.manual_seed(0)
         model = build_classifier(cfg, kind)
-        x = torch.rand(bs, N_LABELS + 1, *(cfg.grid or grid,) * 3)  # samples are cached pooled
+        x = torch.rand(bs, N_LABELS + 1, *(side,) * 3)
         labels = torch.arange(bs) % len(CLASSES)
         train_s, infer_s = timer(model, x, labels, steps)
         out[kind] = {"train_s_per_sample": train_s, "infer_s_per_sample": infer_s,
@@ -161,7 +162,7 @@ def joint_costs(profile: str = "default", *, steps: int = 2) -> dict[str, Any]:
         for _ in range(steps):
             model(x[:1])
     infer_s = (time.perf_counter() - t0) / steps
-    n_train = round(prof.cohort.n_subjects * prof.cohort.split_fractions[0])
+    n_train = prof.cohort.n_training()
     return {"profile": profile, "grid": g, "threads": torch.get_num_threads(), "batch_size": bs,
             "joint_train_s_per_sample": train_s, "joint_infer_s_per_subject": infer_s,
             "joint_s_per_epoch": train_s * n_train}
@@ -209,7 +210,7 @@ def paper_step_costs(device: str | None = None, repeat: int = 2) -> dict[str, An
     prof = get_profile("paper")
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     g = prof.cohort.grid
-    n_train = round(prof.cohort.n_subjects * prof.cohort.split_fractions[0])
+    n_train = prof.cohort.n_training()
     out: dict[str, Any] = {"device": dev.type, "grid": g, "threads": torch.get_num_threads()}
 
     def timed_step(model: nn.Module, loss_of: Callable[[], torch.Tensor]) -> float:

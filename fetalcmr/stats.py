@@ -72,6 +72,8 @@ class PairedTest:
     n_a_greater: int  #: pairs with A > B
     statistic: float  #: scipy's W (the smaller signed-rank sum, zero differences dropped); NaN when untested
     p_value: float  #: two-sided; NaN with fewer than 2 pairs or when every difference is 0
+    diff_ci_low: float = float("nan")  #: 95 % paired bootstrap interval of ``mean_diff`` (over subjects)
+    diff_ci_high: float = float("nan")
 
     def as_dict(self) -> dict[str, Any]:
         """Return the fields as a dict."""
@@ -96,9 +98,11 @@ def paired_wilcoxon(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.nda
         res = wilcoxon(x, y, alternative="two-sided")
         stat, p = float(res.statistic), float(res.pvalue)
     nan = float("nan")
+    low, high = bootstrap_ci(x, y, n_boot=2000)
     return PairedTest(n=n, mean_a=float(x.mean()) if n else nan, mean_b=float(y.mean()) if n else nan,
                       mean_diff=float(diff.mean()) if n else nan, median_diff=float(np.median(diff)) if n else nan,
-                      n_a_greater=int(np.count_nonzero(diff > 0)), statistic=stat, p_value=p)
+                      n_a_greater=int(np.count_nonzero(diff > 0)), statistic=stat, p_value=p,
+                      diff_ci_low=low, diff_ci_high=high)
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,11 @@ def test_a_changed_test_cell_changes_the_segmentation_claim(tables: Path) -> Non
 
 
 def test_classifier_order_follows_the_seed_intervals(tables: Path) -> None:
+    """Tables without bootstrap intervals (older runs): t-intervals over seeds."""
     path = tables / "tab03_balanced_accuracy.csv"
+    frame = pd.read_csv(path)
+    frame.drop(columns=[c for c in ("bacc_ci95", "bacc_ci_low", "bacc_ci_high") if c in frame]).to_csv(path, index=False)
+    (tables / "tab03_paired.csv").unlink(missing_ok=True)
     _edit(path, {"input": "softmax+image"}, bacc_mean=0.90, bacc_sd=0.01, seeds=3)
     _edit(path, {"input": "softmax"}, bacc_mean=0.60, bacc_sd=0.01, seeds=3)
     claim = _claim(tables, "cls-si-vs-s")
@@ -103,6 +107,22 @@ def test_classifier_order_follows_the_seed_intervals(tables: Path) -> None:
     assert _claim(tables, "cls-si-level")["verdict"] == "supported"
     _edit(path, {"input": "softmax+image"}, seeds=1, bacc_sd=float("nan"))  # one seed: no interval
     assert _claim(tables, "cls-si-level")["verdict"] == "not distinguishable"
+
+
+def test_classifier_order_follows_the_paired_bootstrap(tables: Path) -> None:
+    path = tables / "tab03_balanced_accuracy.csv"
+    rows = [{"a": "image", "b": "softmax", "n": 150, "ci_low": -0.3, "ci_high": -0.1},
+            {"a": "image", "b": "softmax+image", "n": 150, "ci_low": -0.4, "ci_high": -0.2},
+            {"a": "softmax", "b": "softmax+image", "n": 150, "ci_low": -0.05, "ci_high": 0.02}]
+    pd.DataFrame(rows).to_csv(tables / "tab03_paired.csv", index=False)
+    _edit(path, {"input": "softmax+image"}, bacc_mean=0.90, bacc_sd=0.01, seeds=5)
+    _edit(path, {"input": "softmax"}, bacc_mean=0.60, bacc_sd=0.01, seeds=5)
+    # the seed intervals alone would support the order; the paired interval contains 0
+    claim = _claim(tables, "cls-si-vs-s")
+    assert claim["verdict"] == "not distinguishable"
+    assert (claim["ci_low"], claim["ci_high"]) == pytest.approx((-0.02, 0.05))  # sign turned: a − b
+    assert _claim(tables, "cls-si-vs-image")["verdict"] == "supported"
+    assert _claim(tables, "cls-s-vs-image")["ci_low"] == pytest.approx(0.1)
 
 
 def test_joint_and_topology_claims_follow_their_tables(tables: Path) -> None:

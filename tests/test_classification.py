@@ -263,3 +263,44 @@ def test_prepare_classification_stores_and_rereads_the_softmax_per_subject(tiny_
     np.testing.assert_array_equal(extras(stored), extras(first))
     rerun = prepare_classification(data, _NoSegmenter(), cache_dir=tmp_path / "cache2", softmax_dir=folder, **kw)
     np.testing.assert_array_equal(extras(rerun), extras(stored))
+
+
+def _with_aorta_at(centre: tuple[int, int, int], grid: int = 40) -> torch.Tensor:
+    """A [1, 13, grid³] input whose AO softmax channel is a blob at ``centre``; image = x coordinate."""
+    from fetalcmr.anatomy import LABEL_INDEX
+
+    x = torch.zeros(1, 13, grid, grid, grid)
+    i, j, k = centre
+    x[0, LABEL_INDEX["AO"], i - 2:i + 3, j - 2:j + 3, k - 2:k + 3] = 1.0
+    x[0, 12] = torch.arange(grid, dtype=torch.float32)[:, None, None]
+    return x
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.tuples(*[st.integers(2, 37)] * 3), st.sampled_from([8, 16, 24]))
+def test_arch_crop_is_centred_on_the_aorta_and_stays_inside(centre: tuple[int, int, int], size: int) -> None:
+    from fetalcmr.anatomy import LABEL_INDEX
+    from fetalcmr.classification import ArchCrop
+
+    x = _with_aorta_at(centre)
+    out = ArchCrop(size)(x)
+    assert out.shape == (1, 13, size, size, size)
+    assert out[0, LABEL_INDEX["AO"]].sum() == x[0, LABEL_INDEX["AO"]].sum()  # the whole blob is inside
+    start_x = int(out[0, 12, 0, 0, 0])  # image channel holds the x index: the crop's first row
+    want = min(max(round(centre[0] - (size - 1) / 2), 0), 40 - size)
+    assert start_x == want
+
+
+def test_arch_crop_falls_back_to_the_centre_and_matches_precropped_samples() -> None:
+    from fetalcmr.classification import ArchCrop, crop_sample
+
+    empty = torch.zeros(1, 13, 40, 40, 40)
+    empty[0, 12] = torch.arange(40, dtype=torch.float32)[:, None, None]
+    assert int(ArchCrop(16)(empty)[0, 12, 0, 0, 0]) == 12  # no aorta: grid centre
+    x = _with_aorta_at((30, 10, 20))
+    soft, image = crop_sample(x[0, :12].numpy(), x[0, 12:].numpy(), 16)
+    assert np.array_equal(np.concatenate([soft, image]), ArchCrop(16)(x)[0].numpy())
+    cfg = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2, 2), crop=16)
+    net = build_classifier(cfg, "softmax+image").eval()
+    with torch.no_grad():  # the network crops a full input exactly as the samples were cropped
+        assert torch.equal(net(x), net(torch.cat([torch.as_tensor(soft), torch.as_tensor(image)])[None]))

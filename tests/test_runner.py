@@ -58,6 +58,7 @@ def test_runs_then_caches_then_reruns_only_what_changed(pipeline: dict[str, Path
     assert entry["commit"] and entry["synthetic"] is True
     nb_record = manifest["notebooks"]["01_second"]
     assert nb_record["wall_s"] > 0 and nb_record["peak_rss_mb"] > 10
+    assert nb_record["torch_threads"] >= 1  # the thread count changes the bits: it is recorded
     assert manifest["environment"]["packages"]["torch"].startswith("2.13")
     assert (pipeline["run"] / "executed" / "00_first.ipynb").exists()
 

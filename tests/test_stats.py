@@ -80,7 +80,9 @@ def test_paired_wilcoxon_matches_scipy_with_ties_and_zero_differences() -> None:
     assert (res.mean_a, res.mean_b) == (pytest.approx(np.mean(a)), pytest.approx(np.mean(b)))
     assert res.n_a_greater == int((diff > 0).sum()) == 7
     assert set(res.as_dict()) == {"n", "mean_a", "mean_b", "mean_diff", "median_diff", "n_a_greater", "statistic",
-                                  "p_value"}
+                                  "p_value", "diff_ci_low", "diff_ci_high"}
+    assert res.diff_ci_low < res.mean_diff < res.diff_ci_high
+    assert (res.diff_ci_low, res.diff_ci_high) == bootstrap_ci(a, b, n_boot=2000)  # the paired interval
 
 
 def test_paired_wilcoxon_drops_non_finite_pairs_and_skips_untestable_cases() -> None:

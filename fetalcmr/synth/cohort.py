@@ -13,7 +13,9 @@ configuration, seed, generator code) and its files exist, nothing is regenerated
 from __future__ import annotations
 
 import dataclasses
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from fetalcmr.config import CohortConfig
 from fetalcmr.dataset import SPLITS, read_dataset, write_dataset
 from fetalcmr.io import DataError, save_nifti
 from fetalcmr.synth.atlas import build_atlas
+from fetalcmr.synth.params import SubjectParams
 from fetalcmr.synth.subject import FOV_MM, generate_subject
 
 DATASET_NAME = "fetalcmr-synthetic"
@@ -71,21 +74,69 @@ def _is_cached(path: Path, key: str) -> bool:
     return all(os.path.exists(f) for f in files)
 
 
-def plan_cohort(cfg: CohortConfig, seed: int) -> list[dict[str, Any]]:
-    """Per subject: id, class, split and generator seed (stratified by class, deterministic)."""
-    rng = np.random.default_rng([int(seed), 7])
-    per_class = allocate(cfg.n_subjects, cfg.class_fractions, minimum=1)
-    classes = rng.permutation(np.repeat(np.arange(len(per_class)), per_class))
-    seeds = [int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0]) for i in range(len(classes))]
-    plan = [{"id": f"sub-{i:03d}", "label": int(c), "seed": seeds[i]} for i, c in enumerate(classes)]
-    for cls in range(len(per_class)):
+def _stratified(plan: list[dict[str, Any]], fractions: tuple[float, ...], splits: tuple[str, ...],
+                rng: np.random.Generator) -> None:
+    """Assign each entry of ``plan`` a split, per class in proportion to ``fractions``."""
+    for cls in sorted({p["label"] for p in plan}):
         members = [p for p in plan if p["label"] == cls]
         order = rng.permutation(len(members))
-        counts = allocate(len(members), cfg.split_fractions, minimum=1 if len(members) >= 3 else 0)
-        splits = np.repeat(np.arange(len(SPLITS)), counts)
-        for member, k in zip([members[i] for i in order], splits):
-            member["split"] = SPLITS[int(k)]
-    return plan
+        counts = allocate(len(members), fractions, minimum=1 if len(members) >= len(fractions) else 0)
+        for member, k in zip([members[i] for i in order], np.repeat(np.arange(len(splits)), counts)):
+            member["split"] = splits[int(k)]
+
+
+def _draw(n: int, fractions: tuple[float, ...], seed: int, first: int, rng: np.random.Generator
+          ) -> list[dict[str, Any]]:
+    """``n`` subjects with ids and generator seeds from index ``first`` on, classes in ``fractions``."""
+    classes = rng.permutation(np.repeat(np.arange(len(fractions)), allocate(n, fractions, minimum=1)))
+    return [{"id": f"sub-{i:03d}", "label": int(c),
+             "seed": int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])}
+            for i, c in enumerate(classes, start=first)]
+
+
+def plan_cohort(cfg: CohortConfig, seed: int) -> list[dict[str, Any]]:
+    """Per subject: id, class, split and generator seed (stratified by class, deterministic).
+
+    With ``cfg.n_test`` the test subjects are drawn after the ``n_subjects`` training and
+    validation subjects, with their own class fractions.
+
+    >>> from fetalcmr.config import get_profile
+    >>> plan = plan_cohort(get_profile("default").cohort, 0)
+    >>> sum(p["split"] == "testing" for p in plan), sum(p["split"] == "testing" and p["label"] == 2 for p in plan)
+    (150, 30)
+    """
+    rng = np.random.default_rng([int(seed), 7])
+    plan = _draw(cfg.n_subjects, cfg.class_fractions, seed, 0, rng)
+    if cfg.n_test is None:
+        _stratified(plan, cfg.split_fractions, SPLITS, rng)
+        return plan
+    _stratified(plan, cfg.split_fractions[:2], SPLITS[:2], rng)
+    test = _draw(cfg.n_test, cfg.test_class_fractions or cfg.class_fractions, seed, cfg.n_subjects, rng)
+    for entry in test:
+        entry["split"] = SPLITS[2]
+    return plan + test
+
+
+def generation_workers() -> int:
+    """Processes generating subjects: ``FETALCMR_THREADS`` when set, else the usable cores (at most 4)."""
+    env = os.environ.get("FETALCMR_THREADS")
+    return int(env) if env else min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                   else os.cpu_count() or 1)
+
+
+def _generate_one(job: tuple[dict[str, Any], Path, int, float, bool]
+                  ) -> tuple[dict[str, Any], dict[str, Any], SubjectParams]:
+    """Generate and write one planned subject; return its plan entry, dataset item and parameters."""
+    entry, out, grid, spacing, randomise = job
+    sub = generate_subject(entry["label"], entry["seed"], grid, spacing, randomise=randomise)
+    folder = out / entry["id"]
+    item: dict[str, Any] = {"id": entry["id"], "label": entry["label"]}
+    for kind in ("image", "gt", "binary", "trachea"):
+        file = folder / f"{entry['id']}_{kind}.nii.gz"
+        save_nifti(file, getattr(sub, kind), sub.affine)
+        item[kind] = str(file)
+    item["meta"] = sub.meta
+    return entry, item, sub.params
 
 
 def generate_cohort(out_dir: str | os.PathLike[str], cohort_cfg: CohortConfig, seed: int,
@@ -101,7 +152,7 @@ def generate_cohort(out_dir: str | os.PathLike[str], cohort_cfg: CohortConfig, s
     plan = plan_cohort(cohort_cfg, seed)
     data: dict[str, Any] = {
         "name": DATASET_NAME,
-        "description": (f"Synthetic black-blood T2w fetal thorax MRI phantoms ({cohort_cfg.n_subjects} subjects, "
+        "description": (f"Synthetic black-blood T2w fetal thorax MRI phantoms ({len(plan)} subjects, "
                         f"{grid}^3 at {spacing:.3f} mm, field of view {grid * spacing:.0f} mm, seed {seed}) with "
                         "the three aortic arch anomaly classes; generated by fetalcmr.synth. Not patient data."),
         "synthetic": True,
@@ -114,19 +165,24 @@ def generate_cohort(out_dir: str | os.PathLike[str], cohort_cfg: CohortConfig, s
         "atlases": [],
         **{s: [] for s in SPLITS},
     }
+    jobs = [(entry, out, grid, spacing, cohort_cfg.domain_randomisation) for entry in plan]
+    workers = max(1, min(generation_workers(), len(jobs)))
+    items: list[tuple[dict[str, Any], dict[str, Any], SubjectParams]] = []
+    with tqdm(total=len(jobs), desc="synthetic cohort", disable=not progress) as bar:
+        if workers == 1:
+            for job in jobs:
+                items.append(_generate_one(job))
+                bar.update()
+        else:
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                for result in pool.map(_generate_one, jobs):  # results in plan order: deterministic
+                    items.append(result)
+                    bar.update()
     training_params = []
-    for entry in tqdm(plan, desc="synthetic cohort", disable=not progress):
-        sub = generate_subject(entry["label"], entry["seed"], grid, spacing)
-        folder = out / entry["id"]
-        item: dict[str, Any] = {"id": entry["id"], "label": entry["label"]}
-        for kind in ("image", "gt", "binary", "trachea"):
-            file = folder / f"{entry['id']}_{kind}.nii.gz"
-            save_nifti(file, getattr(sub, kind), sub.affine)
-            item[kind] = str(file)
-        item["meta"] = sub.meta
+    for entry, item, params in items:
         data[entry["split"]].append(item)
         if entry["split"] == "training":
-            training_params.append(sub.params)
+            training_params.append(params)
     for cls in CLASSES:
         atlas = build_atlas(cls, training_params, grid, spacing)
         files = {k: out / "atlases" / f"atlas-{CLASSES[cls]}_{k}.nii.gz" for k in ("image", "labelmap")}

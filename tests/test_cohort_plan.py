@@ -1,0 +1,61 @@
+"""The cohort plan: a separate, larger test set, and generation that does not depend on the workers."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fetalcmr.config import CohortConfig, get_profile
+from fetalcmr.dataset import SPLITS, read_dataset
+from fetalcmr.io import load_nifti
+from fetalcmr.synth.cohort import generate_cohort, plan_cohort
+
+
+def _count(plan: list[dict], split: str, label: int | None = None) -> int:
+    return sum(p["split"] == split and (label is None or p["label"] == label) for p in plan)
+
+
+def test_default_test_set_is_separate_and_large() -> None:
+    cfg = get_profile("default").cohort
+    plan = plan_cohort(cfg, seed=0)
+    assert _count(plan, "testing") == cfg.n_test == 150
+    assert [_count(plan, "testing", c) for c in range(3)] == [75, 45, 30]
+    assert _count(plan, "training") + _count(plan, "validation") == cfg.n_subjects
+    assert _count(plan, "training") == cfg.n_training()
+    ids = [p["id"] for p in plan]
+    assert len(set(ids)) == len(ids) and len({p["seed"] for p in plan}) == len(plan)
+    # every class is in validation, and the test subjects come after the training/validation ones
+    assert all(_count(plan, "validation", c) >= 1 for c in range(3))
+    assert all(p["split"] == "testing" for p in plan[cfg.n_subjects:])
+
+
+def test_separate_test_set_leaves_training_subjects_unchanged() -> None:
+    """Growing the test set must not redraw the training subjects (their ids, classes and seeds)."""
+    base = CohortConfig(n_subjects=30, grid=32, spacing_mm=1.6, n_test=20)
+    more = dataclasses.replace(base, n_test=60)
+    train = [p for p in plan_cohort(base, 3) if p["split"] != "testing"]
+    assert train == [p for p in plan_cohort(more, 3) if p["split"] != "testing"]
+
+
+def test_fraction_split_when_no_separate_test_set() -> None:
+    cfg = CohortConfig(n_subjects=40, grid=32, spacing_mm=1.6)
+    plan = plan_cohort(cfg, seed=0)
+    assert {p["split"] for p in plan} == set(SPLITS) and len(plan) == 40
+    assert abs(_count(plan, "testing") - cfg.n_testing()) <= 3  # stratified per class: approximate
+
+
+def test_generation_is_independent_of_the_worker_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = CohortConfig(n_subjects=6, grid=32, spacing_mm=52 / 32, class_fractions=(0.34, 0.33, 0.33),
+                       split_fractions=(0.5, 0.17, 0.33))
+    monkeypatch.setenv("FETALCMR_THREADS", "1")
+    one = read_dataset(generate_cohort(tmp_path / "one", cfg, seed=0, progress=False))
+    monkeypatch.setenv("FETALCMR_THREADS", "2")
+    many = read_dataset(generate_cohort(tmp_path / "many", cfg, seed=0, progress=False))
+    for split in SPLITS:
+        assert [i["id"] for i in one[split]] == [i["id"] for i in many[split]]
+        for a, b in zip(one[split], many[split]):
+            assert np.array_equal(load_nifti(a["image"]).array, load_nifti(b["image"]).array)
+            assert a["meta"] == b["meta"]
