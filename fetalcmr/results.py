@@ -110,17 +110,28 @@ def _joint(t: Tables) -> str:
 
 def _topology(t: Tables) -> str:
     rates = t["tab05_correct_rate"]
-    rows = rates[rates["class"] == "all"]
-    parts = ", ".join(f"{r.method} {int(r.n_correct)}/{int(r.n)} [{_f(r.ci_low, 2)}, {_f(r.ci_high, 2)}]"
-                      for r in rows.itertuples(index=False))
-    text = f"topologically correct, all classes (95 % Wilson interval): {parts}"
+    stages = list(dict.fromkeys(rates["postprocessing"])) if "postprocessing" in rates else [None]
+    texts = []
+    for stage in stages:
+        rows = rates[(rates["class"] == "all") & ((rates["postprocessing"] == stage) if stage else True)]
+        parts = ", ".join(f"{r.method} {int(r.n_correct)}/{int(r.n)} [{_f(r.ci_low, 2)}, {_f(r.ci_high, 2)}]"
+                          for r in rows.itertuples(index=False))
+        texts.append((f"{stage} maps: " if stage else "") + parts)
+    text = "topologically correct, all classes (95 % Wilson interval): " + "; ".join(texts)
     mc = t.get("tab05_mcnemar")
     if mc is not None:
         allrow = mc[mc["subset"] == "all"]
-        if not allrow.empty:
-            r = allrow.iloc[0]
-            text += (f"; McNemar {r['b']} vs {r['a']}: {int(r['only_b'])} vs {int(r['only_a'])} discordant, "
+        for r in allrow.to_dict("records"):
+            stage = f" ({r['postprocessing']})" if "postprocessing" in r else ""
+            text += (f"; McNemar{stage} {r['b']} vs {r['a']}: {int(r['only_b'])} vs {int(r['only_a'])} discordant, "
                      f"p = {_p(r['p_value'])}")
+    rule = t.get("tab05_rule_scores")
+    if rule is not None:
+        rows = rule[rule["classifier"].astype(str).str.startswith("rule on") & (rule["trachea"] == "image")]
+        parts = ", ".join(f"{r.classifier.removeprefix('rule on ')} {_f(r.balanced_accuracy, 2)} "
+                          f"[{_f(r.ci_low, 2)}, {_f(r.ci_high, 2)}]" for r in rows.itertuples(index=False))
+        if parts:
+            text += f"; topology rule (trachea from the image), balanced accuracy on post-processed maps: {parts}"
     return text
 
 

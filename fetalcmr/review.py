@@ -8,13 +8,18 @@ against the subject's *true* class template (topology needs no ground-truth segm
 Methods are the :mod:`fetalcmr.methods` registry's (:data:`REVIEWED`); reports, tables and figures
 name them by its ``short`` label. The networks' prediction folders come from the stage outputs of
 notebooks 02 and 04 (:func:`network_dirs`).
+
+Every method's maps are judged raw and after the largest-piece clean-up
+(:mod:`fetalcmr.postprocess`) chosen on the validation split against the propagated labels
+(:func:`choose_for_methods`); the anomaly class is also read from each post-processed map by the
+topology rule (:func:`rule_table`, :mod:`fetalcmr.topology_rule`).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,9 @@ import pandas as pd
 from fetalcmr.io import DataError, load_nifti, resample_labels
 from fetalcmr.methods import METHODS
 from fetalcmr.metrics import mean_dice
+from fetalcmr.postprocess import PostProcessing, choose_postprocessing
 from fetalcmr.topology import topology_report
+from fetalcmr.topology_rule import classify_topology
 
 #: The reviewed methods (registry ids), in display order: the truth, the LP baseline, the networks.
 REVIEWED: tuple[str, ...] = ("truth", "lp", "net_lp", "net_lp_manual", "joint")
@@ -180,6 +187,109 @@ def review_table(cases: Iterable[ReviewCase], *, progress: bool = False) -> pd.D
     order = {m: n for n, m in enumerate(review_order())}
     df["_o"] = df["method"].map(lambda m: order.get(m, len(order)))
     return df.sort_values(["id", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
+
+
+def review_both(cases: Sequence[ReviewCase], post_cases: Sequence[ReviewCase], *,
+                progress: bool = False) -> pd.DataFrame:
+    """Return :func:`review_table` of the raw ``cases`` and of ``post_cases`` (their post-processed
+    copies) stacked, with a ``postprocessing`` column "raw" / "post" after ``method``."""
+    parts = []
+    for name, group in (("raw", cases), ("post", post_cases)):
+        df = review_table(group, progress=progress)
+        if not df.empty:
+            df.insert(int(df.columns.get_loc("method")) + 1, "postprocessing", name)
+        parts.append(df)
+    return pd.concat(parts, ignore_index=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Post-processing chosen on validation
+
+
+def validation_pairs(softmax_dir: str | Path, items: Sequence[Mapping[str, Any]]
+                     ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Return (predictions, references, ids) of the validation ``items`` with a stored softmax.
+
+    The prediction is the argmax of ``<softmax_dir>/<id>.npz`` (notebook 02 stores the softmax of
+    network (c) for every subject, :attr:`fetalcmr.segmentation.SegmentationOutputs.softmax_dir`);
+    the reference is the item's propagated labels ``lp`` on the softmax's grid (weak supervision:
+    never ``gt``). Items without either are skipped.
+    """
+    from fetalcmr.predict import softmax_file
+
+    preds, refs, ids = [], [], []
+    for item in items:
+        path = softmax_file(softmax_dir, str(item["id"]))
+        if not item.get("lp") or not path.exists():
+            continue
+        with np.load(path) as z:
+            pred = np.argmax(z["softmax"], axis=0).astype(np.uint8)
+            affine = z["affine"]
+        preds.append(pred)
+        refs.append(_labels(resample_labels(load_nifti(item["lp"]), affine, pred.shape)))
+        ids.append(str(item["id"]))
+    return preds, refs, ids
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The post-processing of one method and the validation predictions it was chosen on."""
+
+    postprocessing: PostProcessing
+    chosen_on: str  # review name of the method whose validation predictions chose it ("" = none)
+
+
+def choose_for_methods(validation: Mapping[str, tuple[Sequence[np.ndarray], Sequence[np.ndarray]]],
+                       methods: Iterable[str], labels: Iterable[int], fallback: str) -> dict[str, Choice]:
+    """Return ``{method: Choice}`` for each of ``methods`` (the truth is never post-processed).
+
+    ``validation`` maps a method to its validation (predictions, references); a method with
+    its own is chosen on them (:func:`fetalcmr.postprocess.choose_postprocessing`), any other
+    takes the choice made on ``fallback``'s, or none when ``fallback`` has none either.
+    """
+    wanted = list(labels)
+    chosen = {m: Choice(choose_postprocessing(p, r, wanted), m) for m, (p, r) in validation.items() if len(p)}
+    none = Choice(PostProcessing(), "")
+    return {m: chosen.get(m, chosen.get(fallback, none)) for m in methods if m != TRUTH}
+
+
+def postprocessed(cases: Iterable[ReviewCase], choices: Mapping[str, Choice]) -> list[ReviewCase]:
+    """Return copies of ``cases`` with every map of a method in ``choices`` post-processed."""
+    return [replace(c, maps={m: choices[m].postprocessing.apply(lm) if m in choices else lm
+                             for m, lm in c.maps.items()}) for c in cases]
+
+
+# ----------------------------------------------------------------------------------------------
+# The topology rule as a classifier
+
+
+#: Columns of :func:`rule_table`.
+RULE_COLUMNS: tuple[str, ...] = ("id", "cls", "method", "trachea", "rule_cls", "rule_class", "rule_loops",
+                                 "rule_pieces", "rule_side", "rule_trachea", "rule_reason")
+
+
+def rule_table(cases: Iterable[ReviewCase], *, from_image: bool = True) -> pd.DataFrame:
+    """Return the topology rule's class for every map of ``cases`` (truth included).
+
+    One row per case, method and trachea source: ``given`` (the dataset's trachea, where known)
+    and ``image`` (found in the case's image by :func:`fetalcmr.topology_rule.trachea_from_image`,
+    when ``from_image`` and the image is on the maps' grid). Columns ``id, cls, method, trachea``
+    plus :meth:`RuleVerdict.as_row`'s (:data:`RULE_COLUMNS`).
+    """
+    rows = []
+    for c in cases:
+        sources: dict[str, dict[str, Any]] = {}
+        if c.trachea_mask is not None or c.trachea_x_vox is not None:
+            sources["given"] = {"trachea_mask": c.trachea_mask, "trachea_x_vox": c.trachea_x_vox}
+        if from_image and c.image:
+            img = load_nifti(c.image).array
+            if img.shape == next(iter(c.maps.values())).shape:
+                sources["image"] = {"image": img, "spacing_mm": float(c.spacing_mm[0])}
+        for method, lm in c.maps.items():
+            for source, kw in sources.items():
+                verdict = classify_topology(lm, **kw)
+                rows.append({"id": c.id, "cls": c.cls, "method": method, "trachea": source, **verdict.as_row()})
+    return pd.DataFrame(rows, columns=RULE_COLUMNS)
 
 
 # ----------------------------------------------------------------------------------------------

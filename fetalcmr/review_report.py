@@ -18,10 +18,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fetalcmr.anatomy import CLASSES
+from fetalcmr.anatomy import CLASSES, LABELS
 from fetalcmr.methods import METHODS
-from fetalcmr.review import REVIEWED, TRUTH, ReviewCase, review_order
+from fetalcmr.review import REVIEWED, TRUTH, Choice, ReviewCase, review_order
 from fetalcmr.stats import mcnemar_exact, proportion_ci
+from fetalcmr.topology_rule import UNDETERMINED, balanced_accuracy_ci
+
+
+def _by_postprocessing(reports: pd.DataFrame) -> list[tuple[str | None, pd.DataFrame]]:
+    """Split ``reports`` by its ``postprocessing`` column ("raw" first), or one group without it."""
+    if "postprocessing" not in reports.columns:
+        return [(None, reports)]
+    names = sorted(dict.fromkeys(reports["postprocessing"]), key=lambda p: (p != "raw", str(p)))
+    return [(p, reports[reports["postprocessing"] == p]) for p in names]
 
 
 def correct_rates(reports: pd.DataFrame, *, alpha: float = 0.05, method: str = "wilson",
@@ -29,41 +38,134 @@ def correct_rates(reports: pd.DataFrame, *, alpha: float = 0.05, method: str = "
     """Return the topologically correct rate per method and class (and over all classes) with CIs.
 
     Columns: ``method, class, n, n_correct, rate, ci_low, ci_high``; methods in :func:`review_order`.
+    With a ``postprocessing`` column in ``reports`` (:func:`fetalcmr.review.review_both`), one
+    block per value ("raw" first) and that column after ``method``.
     """
     rows = []
     order = review_order()
-    methods = [m for m in order if m in set(reports["method"])] + \
-        [m for m in dict.fromkeys(reports["method"]) if m not in order]
-    for m in methods:
-        g = reports[reports["method"] == m]
-        groups = [(classes.get(c, str(c)), g[g["cls"] == c]) for c in sorted(classes)]
-        for name, sub in [*groups, ("all", g)]:
-            n, k = len(sub), int(sub["correct"].astype(bool).sum())
-            lo, hi = proportion_ci(k, n, alpha, method)
-            rows.append({"method": m, "class": name, "n": n, "n_correct": k,
-                         "rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
-    return pd.DataFrame(rows, columns=["method", "class", "n", "n_correct", "rate", "ci_low", "ci_high"])
-
+    for post, reps in _by_postprocessing(reports):
+        methods = [m for m in order if m in set(reps["method"])] + \
+            [m for m in dict.fromkeys(reps["method"]) if m not in order]
+        extra = {} if post is None else {"postprocessing": post}
+        for m in methods:
+            g = reps[reps["method"] == m]
+            groups = [(classes.get(c, str(c)), g[g["cls"] == c]) for c in sorted(classes)]
+            for name, sub in [*groups, ("all", g)]:
+                n, k = len(sub), int(sub["correct"].astype(bool).sum())
+                lo, hi = proportion_ci(k, n, alpha, method)
+                rows.append({"method": m, **extra, "class": name, "n": n, "n_correct": k,
+                             "rate": k / n if n else float("nan"), "ci_low": lo, "ci_high": hi})
+    cols = ["method", *(["postprocessing"] if "postprocessing" in reports.columns else []), "class", "n",
+            "n_correct", "rate", "ci_low", "ci_high"]
+    return pd.DataFrame(rows, columns=cols)
 
 
 def mcnemar_table(reports: pd.DataFrame, a: str, b: str, subsets: Mapping[str, Iterable[str]]) -> pd.DataFrame:
     """Return one exact McNemar row per subset of subject ids: method ``a`` vs ``b`` on the subjects
     both were reviewed on. Columns: ``subset, a, b, n, both_correct, only_a, only_b, both_wrong,
-    rate_a, rate_b, p_value``."""
-    wide = reports[reports["method"].isin([a, b])].pivot_table(
-        index="id", columns="method", values="correct", aggfunc="first")
+    rate_a, rate_b, p_value`` (and ``postprocessing`` after ``subset``, one block per value, when
+    ``reports`` has that column)."""
     rows = []
-    for name, ids in subsets.items():
-        sub = wide.loc[wide.index.isin(set(ids))].dropna() if {a, b} <= set(wide.columns) else wide.iloc[:0]
-        res = mcnemar_exact(sub[a].astype(bool).tolist() if len(sub) else [],
-                            sub[b].astype(bool).tolist() if len(sub) else []).as_dict()
-        n = res["n"]
-        rows.append({"subset": name, "a": a, "b": b, **res,
-                     "rate_a": (res["both_correct"] + res["only_a"]) / n if n else float("nan"),
-                     "rate_b": (res["both_correct"] + res["only_b"]) / n if n else float("nan")})
-    cols = ["subset", "a", "b", "n", "both_correct", "only_a", "only_b", "both_wrong", "rate_a", "rate_b", "p_value"]
+    for post, reps in _by_postprocessing(reports):
+        wide = reps[reps["method"].isin([a, b])].pivot_table(
+            index="id", columns="method", values="correct", aggfunc="first")
+        extra = {} if post is None else {"postprocessing": post}
+        for name, ids in subsets.items():
+            sub = wide.loc[wide.index.isin(set(ids))].dropna() if {a, b} <= set(wide.columns) else wide.iloc[:0]
+            res = mcnemar_exact(sub[a].astype(bool).tolist() if len(sub) else [],
+                                sub[b].astype(bool).tolist() if len(sub) else []).as_dict()
+            n = res["n"]
+            rows.append({"subset": name, **extra, "a": a, "b": b, **res,
+                         "rate_a": (res["both_correct"] + res["only_a"]) / n if n else float("nan"),
+                         "rate_b": (res["both_correct"] + res["only_b"]) / n if n else float("nan")})
+    cols = ["subset", *(["postprocessing"] if "postprocessing" in reports.columns else []), "a", "b", "n",
+            "both_correct", "only_a", "only_b", "both_wrong", "rate_a", "rate_b", "p_value"]
     return pd.DataFrame(rows, columns=cols)
 
+
+def postprocessing_table(choices: Mapping[str, Choice], labels: Mapping[int, str] = LABELS) -> pd.DataFrame:
+    """Return one row per method: ``method, chosen_on`` (whose validation predictions decided;
+    "none" without any), ``validation_subjects``, ``keep_largest`` and ``left_alone`` (vessel
+    names, ";"-separated: labels whose largest-piece clean-up is applied / would lower Dice)."""
+    names = lambda ks: ";".join(labels.get(k, str(k)) for k in sorted(ks))  # noqa: E731
+    rows = []
+    for m, choice in choices.items():
+        pp = choice.postprocessing
+        rows.append({"method": m, "chosen_on": choice.chosen_on or "none",
+                     "validation_subjects": max((int(sc["subjects"]) for sc in pp.scores.values()), default=0),
+                     "keep_largest": names(pp.labels), "left_alone": names(set(pp.scores) - set(pp.labels))})
+    return pd.DataFrame(rows, columns=["method", "chosen_on", "validation_subjects", "keep_largest", "left_alone"])
+
+
+def postprocessing_evidence(choices: Mapping[str, Choice], labels: Mapping[int, str] = LABELS) -> pd.DataFrame:
+    """Return the validation evidence of each choice once per method that made it (``chosen_on``):
+    ``chosen_on, label, name, subjects, dice_raw, dice_largest, keep_largest``."""
+    rows = []
+    made = {c.chosen_on: c.postprocessing for c in choices.values() if c.chosen_on}
+    for source, pp in made.items():
+        for k, sc in sorted(pp.scores.items()):
+            rows.append({"chosen_on": source, "label": k, "name": labels.get(k, str(k)),
+                         "subjects": int(sc["subjects"]), "dice_raw": sc["dice_raw"],
+                         "dice_largest": sc["dice_largest"], "keep_largest": k in pp.labels})
+    return pd.DataFrame(rows, columns=["chosen_on", "label", "name", "subjects", "dice_raw", "dice_largest",
+                                       "keep_largest"])
+
+
+def rule_scores(rules: pd.DataFrame, networks: pd.DataFrame | None = None, *, seed: int = 0) -> pd.DataFrame:
+    """Return the balanced accuracy of the topology rule per method and trachea source, and of
+    the networks' classes beside it, each with a stratified bootstrap 95 % interval
+    (:func:`fetalcmr.topology_rule.balanced_accuracy_ci`) and the Wilson interval of the accuracy.
+
+    ``rules`` is :func:`fetalcmr.review.rule_table`'s; ``networks`` has ``classifier, id, label,
+    pred`` (one row per subject and classifier). Columns: ``classifier, trachea, n, n_correct,
+    undetermined, accuracy, acc_low, acc_high, balanced_accuracy, ci_low, ci_high``.
+    """
+    groups: list[tuple[str, str, pd.Series, pd.Series]] = []
+    order = {m: k for k, m in enumerate(review_order())}
+    for (method, trachea), g in sorted(rules.groupby(["method", "trachea"]),
+                                       key=lambda kv: (order.get(kv[0][0], len(order)), kv[0])):
+        groups.append((f"rule on {method}", str(trachea), g["cls"], g["rule_cls"]))
+    if networks is not None:
+        for name, g in networks.groupby("classifier", sort=False):
+            groups.append((str(name), "", g["label"], g["pred"]))
+    rows = []
+    for name, trachea, truth, pred in groups:
+        t, p = truth.astype(int).to_numpy(), pred.astype(int).to_numpy()
+        k = int((t == p).sum())
+        bacc, lo, hi = balanced_accuracy_ci(t, p, seed=seed)
+        alo, ahi = proportion_ci(k, len(t))
+        rows.append({"classifier": name, "trachea": trachea, "n": len(t), "n_correct": k,
+                     "undetermined": int((p == UNDETERMINED).sum()), "accuracy": k / len(t) if len(t) else float("nan"),
+                     "acc_low": alo, "acc_high": ahi, "balanced_accuracy": bacc, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows, columns=["classifier", "trachea", "n", "n_correct", "undetermined", "accuracy",
+                                       "acc_low", "acc_high", "balanced_accuracy", "ci_low", "ci_high"])
+
+
+def network_classes(classifiers: pd.DataFrame | None, pairs: pd.DataFrame | None) -> pd.DataFrame:
+    """Return the networks' test classes as ``classifier, id, label, pred``: each DenseNet run of
+    notebook 03 (``kind, seed, …``, named "DenseNet <kind> seed <s>") and each segmenter +
+    classifier pair of notebook 04 (``method, …``, named "pair <method>")."""
+    parts = []
+    if classifiers is not None and not classifiers.empty:
+        parts.append(classifiers.assign(classifier="DenseNet " + classifiers["kind"].astype(str)
+                                        + " seed " + classifiers["seed"].astype(str)))
+    if pairs is not None and not pairs.empty:
+        parts.append(pairs.assign(classifier="pair " + pairs["method"].astype(str)))
+    cols = ["classifier", "id", "label", "pred"]
+    return pd.concat([p[cols] for p in parts], ignore_index=True) if parts else pd.DataFrame(columns=cols)
+
+
+def rule_confusion(rules: pd.DataFrame, classes: Mapping[int, str] = CLASSES) -> pd.DataFrame:
+    """Return the rule's confusion counts: one row per method, trachea source and true class, one
+    column per predicted class (and ``undetermined``)."""
+    names = {**{int(c): n for c, n in classes.items()}, UNDETERMINED: "undetermined"}
+    rows = []
+    for (method, trachea), g in rules.groupby(["method", "trachea"], sort=False):
+        for c, cname in sorted(classes.items()):
+            sub = g[g["cls"] == c]
+            counts = {n: int((sub["rule_cls"] == k).sum()) for k, n in names.items()}
+            rows.append({"method": method, "trachea": trachea, "true": cname, **counts})
+    return pd.DataFrame(rows, columns=["method", "trachea", "true", *names.values()])
 
 
 def worst_cases(reports: pd.DataFrame, n: int = 3) -> list[str]:

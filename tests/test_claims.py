@@ -95,7 +95,8 @@ def test_classifier_order_follows_the_seed_intervals(tables: Path) -> None:
     """Tables without bootstrap intervals (older runs): t-intervals over seeds."""
     path = tables / "tab03_balanced_accuracy.csv"
     frame = pd.read_csv(path)
-    frame.drop(columns=[c for c in ("bacc_ci95", "bacc_ci_low", "bacc_ci_high") if c in frame]).to_csv(path, index=False)
+    bootstrap = [c for c in ("bacc_ci95", "bacc_ci_low", "bacc_ci_high") if c in frame]
+    frame.drop(columns=bootstrap).to_csv(path, index=False)
     (tables / "tab03_paired.csv").unlink(missing_ok=True)
     _edit(path, {"input": "softmax+image"}, bacc_mean=0.90, bacc_sd=0.01, seeds=3)
     _edit(path, {"input": "softmax"}, bacc_mean=0.60, bacc_sd=0.01, seeds=3)
@@ -123,6 +124,42 @@ def test_classifier_order_follows_the_paired_bootstrap(tables: Path) -> None:
     assert (claim["ci_low"], claim["ci_high"]) == pytest.approx((-0.02, 0.05))  # sign turned: a − b
     assert _claim(tables, "cls-si-vs-image")["verdict"] == "supported"
     assert _claim(tables, "cls-s-vs-image")["ci_low"] == pytest.approx(0.1)
+
+
+def _with_postprocessing(tables: Path) -> None:
+    """Give the topology tables raw and post-processed rows (as notebook 05 now writes them)."""
+    for name in ("tab05_correct_rate", "tab05_mcnemar"):
+        frame = pd.read_csv(tables / f"{name}.csv")
+        if "postprocessing" not in frame:
+            both = pd.concat([frame.assign(postprocessing="raw"), frame.assign(postprocessing="post")])
+            both.to_csv(tables / f"{name}.csv", index=False)
+
+
+def test_topology_claims_read_raw_or_post_processed_rows(tables: Path) -> None:
+    _with_postprocessing(tables)
+    rates = tables / "tab05_correct_rate.csv"
+    sep = "LP+manual"
+    _edit(rates, {"method": sep, "class": "all", "postprocessing": "raw"}, n_correct=2, rate=2 / 150,
+          ci_low=0.004, ci_high=0.05, n=150)
+    _edit(rates, {"method": sep, "class": "all", "postprocessing": "post"}, n_correct=140, rate=140 / 150,
+          ci_low=0.88, ci_high=0.96, n=150)
+    claim = _claim(tables, "postprocessing-topology")
+    assert claim["verdict"] == "supported" and claim["ci_low"] == pytest.approx(0.88 - 0.05)
+    mcnemar = tables / "tab05_mcnemar.csv"
+    _edit(mcnemar, {"subset": "all", "postprocessing": "post"}, only_a=9, only_b=0, p_value=0.0039)
+    _edit(mcnemar, {"subset": "all", "postprocessing": "raw"}, only_a=0, only_b=9, p_value=0.0039)
+    assert _claim(tables, "joint-topology-all-post")["verdict"] == "contradicted"
+    assert _claim(tables, "joint-topology-all")["verdict"] == "supported"  # the raw rows
+
+
+def test_rule_claim_follows_its_table(tables: Path) -> None:
+    rows = [{"classifier": "rule on joint", "trachea": t, "n": 150, "n_correct": 148, "balanced_accuracy": 0.985,
+             "ci_low": lo, "ci_high": 1.0} for t, lo in (("given", 0.90), ("image", 0.975))]
+    pd.DataFrame(rows).to_csv(tables / "tab05_rule_scores.csv", index=False)
+    claim = _claim(tables, "rule-level")  # the image-derived trachea row: the one a real scan gets
+    assert claim["verdict"] == "supported" and claim["ci_low"] == pytest.approx(0.975 - cl.PAPER_LEVEL)
+    _edit(tables / "tab05_rule_scores.csv", {"trachea": "image"}, ci_low=0.9)
+    assert _claim(tables, "rule-level")["verdict"] == "not distinguishable"
 
 
 def test_joint_and_topology_claims_follow_their_tables(tables: Path) -> None:

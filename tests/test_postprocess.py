@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from scipy import ndimage
 
+from fetalcmr.metrics import dice
 from fetalcmr.postprocess import PostProcessing, choose_postprocessing, keep_largest
 
 FULL = np.ones((3, 3, 3), bool)
@@ -71,3 +72,20 @@ def test_round_trip_through_plain_data_and_mismatched_inputs() -> None:
     assert PostProcessing.from_dict({}).labels == ()
     with pytest.raises(ValueError, match="2 predictions but 1 references"):
         choose_postprocessing([np.zeros((2, 2, 2))] * 2, [np.zeros((2, 2, 2))], [1])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(arrays(np.uint8, (6, 5, 5), elements=st.integers(0, 2)),
+                          arrays(np.uint8, (6, 5, 5), elements=st.integers(0, 2))), min_size=1, max_size=4))
+def test_the_choice_never_lowers_validation_dice(pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    preds, refs = [p for p, _ in pairs], [r for _, r in pairs]
+    pp = choose_postprocessing(preds, refs, labels=[1, 2])
+    for label in (1, 2):
+        before = [dice(p == label, r == label) for p, r in pairs]
+        after = [dice(pp.apply(p) == label, r == label) for p, r in pairs]
+        scored = [k for k, d in enumerate(before) if not np.isnan(d)]
+        if not scored:
+            assert label not in pp.scores
+            continue
+        assert np.nanmean([after[k] for k in scored]) >= np.mean([before[k] for k in scored]) - 1e-12
+        assert (label in pp.labels) == (pp.scores[label]["dice_largest"] >= pp.scores[label]["dice_raw"])

@@ -263,3 +263,100 @@ def test_detail_per_map_names_each_map() -> None:
     huge = np.ones((40, 40, 40), np.uint8)
     assert rr.detail_per_map({"truth": small, "net": huge}) == {
         "step_size": {"truth": 1, "net": 3}, "decimate": {"truth": 1.25, "net": 3.0}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Raw and post-processed; post-processing chosen on validation; the topology rule
+
+
+def test_rates_and_mcnemar_per_postprocessing() -> None:
+    rows = [("a", 2, "LP+manual", False), ("a", 2, "joint", True), ("b", 0, "LP+manual", True), ("b", 0, "joint", True)]
+    raw = _reports(rows).assign(postprocessing="raw")
+    post = _reports([(i, c, m, True) for i, c, m, _ in rows]).assign(postprocessing="post")
+    reports = pd.concat([post, raw], ignore_index=True)  # "raw" is listed first whatever the order
+    rates = rr.correct_rates(reports)
+    assert list(rates.columns[:3]) == ["method", "postprocessing", "class"]
+    assert list(dict.fromkeys(rates["postprocessing"])) == ["raw", "post"]
+    by = rates.set_index(["method", "postprocessing", "class"])
+    assert by.loc[("LP+manual", "raw", "all"), "n_correct"] == 1
+    assert by.loc[("LP+manual", "post", "all"), "n_correct"] == 2
+    assert (by.loc[("joint", "post", "all"), "ci_low"], by.loc[("joint", "post", "all"), "ci_high"]) == \
+        pytest.approx(proportion_ci(2, 2))
+    mc = rr.mcnemar_table(reports, "LP+manual", "joint", {"all": ["a", "b"]}).set_index("postprocessing")
+    assert (mc.loc["raw", "only_b"], mc.loc["post", "only_b"]) == (1, 0) and mc.loc["post", "both_correct"] == 2
+    assert "postprocessing" not in rr.correct_rates(raw.drop(columns="postprocessing")).columns
+
+
+def _noisy(gt: np.ndarray) -> np.ndarray:
+    pred = gt.copy()
+    pred[0:2, 0:2, 0:2] = LABEL_INDEX["AO"]  # a stray piece of AO far from the arch
+    return pred
+
+
+def test_postprocessing_chosen_on_validation_softmax_and_applied(tmp_path: Path, daa_subject: Any) -> None:
+    from fetalcmr.predict import save_softmax, softmax_file
+
+    sub = daa_subject
+    save_nifti(tmp_path / "lp.nii.gz", sub.gt, sub.affine)
+    onehot = np.eye(12, dtype=np.float32)[_noisy(sub.gt)].transpose(3, 0, 1, 2)
+    save_softmax(softmax_file(tmp_path / "softmax", "v1"), onehot, sub.affine)
+    items = [{"id": "v1", "lp": str(tmp_path / "lp.nii.gz")}, {"id": "v2", "lp": str(tmp_path / "lp.nii.gz")},
+             {"id": "v1-no-lp"}]
+    preds, refs, ids = rv.validation_pairs(tmp_path / "softmax", items)
+    assert ids == ["v1"]  # v2 has no softmax, the third no lp
+    np.testing.assert_array_equal(preds[0], _noisy(sub.gt))
+    np.testing.assert_array_equal(refs[0], sub.gt)
+    choices = rv.choose_for_methods({"LP+manual": (preds, refs)}, rv.review_order(), range(1, 12),
+                                    fallback="LP+manual")
+    assert set(choices) == {"LP", "LP-only", "LP+manual", "joint"}  # the truth is never post-processed
+    assert LABEL_INDEX["AO"] in choices["LP+manual"].postprocessing.labels
+    assert choices["joint"].chosen_on == "LP+manual" and choices["joint"] == choices["LP+manual"]
+    none = rv.choose_for_methods({}, ["joint"], [4], fallback="LP+manual")["joint"]
+    assert none.postprocessing.labels == () and none.chosen_on == ""
+    table = rr.postprocessing_table({**choices, "x": none}).set_index("method")
+    assert "AO" in table.loc["joint", "keep_largest"].split(";") and table.loc["joint", "chosen_on"] == "LP+manual"
+    assert table.loc["LP+manual", "validation_subjects"] == 1
+    assert (table.loc["x", "chosen_on"], table.loc["x", "keep_largest"]) == ("none", "")
+    evidence = rr.postprocessing_evidence(choices).set_index(["chosen_on", "name"])
+    assert set(evidence.index.get_level_values(0)) == {"LP+manual"}  # once, though four methods use it
+    ao = evidence.loc[("LP+manual", "AO")]
+    assert ao["keep_largest"] and ao["dice_largest"] == 1.0 > ao["dice_raw"] and ao["subjects"] == 1
+    case = rv.ReviewCase("t", 2, (1.0,) * 3, {"truth": _noisy(sub.gt), "joint": _noisy(sub.gt)})
+    post = rv.postprocessed([case], choices)[0]
+    np.testing.assert_array_equal(post.maps["joint"], sub.gt)
+    np.testing.assert_array_equal(post.maps["truth"], case.maps["truth"])  # the reference is left alone
+    both = rv.review_both([case], [post]).set_index(["method", "postprocessing"])
+    assert not both.loc[("joint", "raw"), "correct"] and both.loc[("joint", "post"), "correct"]
+
+
+def test_rule_table_scores_and_confusion(tmp_path: Path, daa_subject: Any) -> None:
+    sub = daa_subject
+    save_nifti(tmp_path / "image.nii.gz", sub.image, sub.affine)
+    no_ring = sub.gt.copy()
+    no_ring[no_ring == LABEL_INDEX["AO"]] = 0  # no arch: undetermined
+    case = rv.ReviewCase("s1", 2, (52.0 / 32,) * 3, {"truth": sub.gt, "joint": no_ring},
+                         trachea_mask=sub.trachea > 0, image=str(tmp_path / "image.nii.gz"))
+    rules = rv.rule_table([case])
+    assert set(zip(rules["method"], rules["trachea"], strict=True)) == \
+        {(m, t) for m in ("truth", "joint") for t in ("given", "image")}
+    by = rules.set_index(["method", "trachea"])
+    assert (by.loc[("truth", "given"), "rule_class"], by.loc[("truth", "image"), "rule_class"]) == ("DAA", "DAA")
+    assert by.loc[("joint", "given"), "rule_cls"] == -1
+    assert set(rv.rule_table([case], from_image=False)["trachea"]) == {"given"}
+    blind = rv.rule_table([rv.ReviewCase("s2", 2, (1.0,) * 3, {"joint": no_ring})])  # no trachea, no image
+    assert blind.empty and list(blind.columns) == list(rv.RULE_COLUMNS)
+    assert rr.rule_scores(blind).empty and rr.rule_confusion(blind).empty
+    preds = pd.DataFrame({"kind": "image", "seed": 0, "id": ["s1"], "label": [2], "pred": [1]})
+    pairs = pd.DataFrame({"method": "joint", "id": ["s1"], "label": [2], "pred": [2]})
+    networks = rr.network_classes(preds, pairs)
+    assert list(networks["classifier"]) == ["DenseNet image seed 0", "pair joint"]
+    assert rr.network_classes(None, None).empty
+    scores = rr.rule_scores(rules, networks).set_index(["classifier", "trachea"])
+    assert list(scores.index.get_level_values(0)[:2]) == ["rule on truth"] * 2  # review order
+    assert scores.loc[("rule on truth", "image"), "balanced_accuracy"] == 1.0
+    assert scores.loc[("rule on joint", "given"), "undetermined"] == 1
+    assert scores.loc[("DenseNet image seed 0", ""), "n_correct"] == 0
+    assert scores.loc[("pair joint", ""), "accuracy"] == 1.0
+    conf = rr.rule_confusion(rules).set_index(["method", "trachea", "true"])
+    assert conf.loc[("joint", "given", "DAA"), "undetermined"] == 1 and conf.loc[("truth", "image", "DAA"), "DAA"] == 1
+    assert conf.loc[("truth", "image", "CoA")].sum() == 0
