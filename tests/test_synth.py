@@ -3,6 +3,7 @@ cohort split and caching (fetalcmr.synth)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -238,3 +239,84 @@ def test_summaries_of_a_dataset_without_synthetic_metadata(tiny_dataset):
     assert table["total"].iloc[-1] == 5 and (table["GA weeks, mean (SD)"] == "n/a").all()
     assert len(summary.mask_quality(data)) == 5
     assert summary.montage_figure(data).axes and summary.renders_figure(data) is not None
+
+
+def _heart(sub) -> np.ndarray:
+    """The heart: myocardium and the blood inside it, without the labelled vessels."""
+    mask = np.isin(sub.tissue, (Tissue.MYOCARDIUM, Tissue.BLOOD)) & (sub.gt == 0)
+    lab, n = ndimage.label(mask)
+    return lab == 1 + int(np.argmax(ndimage.sum(mask, lab, range(1, n + 1))))
+
+
+@pytest.mark.parametrize("cls", list(CLASSES))
+def test_heart_is_dark_blood_pool_with_grey_wall(subjects, cls):
+    """Heart blood ≈ vessel lumen, myocardium grey (between blood and lung), pool most of the heart."""
+    sub = subjects[cls]
+    r = sub.image / float(np.median(sub.image[ndimage.binary_erosion(sub.tissue == Tissue.LUNG, iterations=2)]))
+    heart = _heart(sub)
+    pool = ndimage.binary_erosion(heart & (sub.tissue == Tissue.BLOOD), iterations=2)
+    lumen = ndimage.binary_erosion(np.isin(sub.gt, (AO, DAO, LABEL_INDEX["MPA"])), iterations=1)
+    blood, vessel = float(np.median(r[pool])), float(np.median(r[lumen]))
+    wall = float(np.median(r[heart & (sub.tissue == Tissue.MYOCARDIUM)]))
+    assert blood <= 0.12 and abs(blood - vessel) <= 0.05
+    assert 0.2 <= wall <= 0.5 and wall >= 2.5 * blood
+    assert (r[heart] < 0.18).mean() >= 0.5  # mostly blood pool, as measured on a real thorax (~2/3)
+    assert heart.sum() * DEFAULT.spacing_mm**3 >= 4000.0  # mm³ inside the field: a large heart
+
+
+@pytest.mark.parametrize("cls", list(CLASSES))
+def test_lungs_reach_the_field_edges(subjects, cls):
+    """At the arch-centred 52 mm field the lungs run past both lateral edges, as a real thorax's do
+    (0.20 and 0.46 of the lateral faces are lung in the real volume's crop, docs/design.md §9)."""
+    faces = [(face == Tissue.LUNG).mean() for face in (subjects[cls].tissue[0], subjects[cls].tissue[-1])]
+    assert min(faces) > 0.02 and sum(faces) > 0.3
+
+
+def test_noise_is_spatially_correlated(subjects):
+    """The residual noise is smooth (band-limited) like a reconstruction's, not independent per voxel."""
+    from fetalcmr.synth.appearance import render_image
+
+    sub = subjects[0]
+    p = sub.params
+    quiet = dataclasses.replace(p, appearance=p.appearance | {"noise": 0.0})
+    noise = render_image(sub.tissue, p, DEFAULT.spacing_mm) - render_image(sub.tissue, quiet, DEFAULT.spacing_mm)
+    lung = ndimage.binary_erosion(sub.tissue == Tissue.LUNG, iterations=2)
+    pairs = lung[:-1] & lung[1:]  # neighbours along x, both in the lung
+    assert noise[lung].std() > 0.02 * float(np.median(sub.image[lung]))
+    assert np.corrcoef(noise[:-1][pairs], noise[1:][pairs])[0, 1] > 0.6
+
+
+def test_randomisation_deterministic_varies_appearance_keeps_anatomy():
+    """``randomise=True``: same seed, same image; other seeds, other tissue contrasts; same labels as plain."""
+    a = generate_subject(0, seed=5, grid=SMALL[0], spacing_mm=SMALL[1], randomise=True)
+    b = generate_subject(0, seed=5, grid=SMALL[0], spacing_mm=SMALL[1], randomise=True)
+    plain = generate_subject(0, seed=5, grid=SMALL[0], spacing_mm=SMALL[1])
+    assert np.array_equal(a.image, b.image) and a.meta == b.meta and a.meta["randomised"]
+    assert np.array_equal(a.gt, plain.gt) and not np.array_equal(a.image, plain.image)
+    draws = [generate_subject(0, seed=s, grid=SMALL[0], spacing_mm=SMALL[1], randomise=True).params.appearance
+             for s in range(6)]
+    for key in ("blood", "myocardium", "liver", "noise", "bias", "gamma", "psf_sigma_mm"):
+        values = [d[key] for d in draws]
+        assert np.ptp(values) > 0.05 * np.mean(values), key
+    assert len({max("xyz", key=lambda ax, d=d: d[f"psf_{ax}"]) for d in draws}) > 1  # the coarse axis varies
+
+
+@pytest.mark.parametrize("cls", list(CLASSES))
+def test_thorax_and_heart_sized_against_the_vessels(subjects, cls):
+    """On a 96 mm field: lungs, body and heart as wide in DAO diameters as on the real thorax
+    (13.8, 16.0 and 7.5, docs/design.md §9)."""
+    from fetalcmr.synth.subject import render_subject
+
+    p = subjects[cls].params
+    wide = render_subject(p, 64, 1.5, with_binary=False)
+    dao = 2.0 * float(np.median(vessel_tree(p).tubes[DAO][0].radii))
+    heart = _heart(wide)
+
+    def width(mask: np.ndarray) -> float:
+        xs = np.nonzero(mask.any(axis=(1, 2)))[0]
+        return (xs.max() - xs.min() + 1) * 1.5 / dao
+
+    level = int(round(ndimage.center_of_mass(heart)[2]))
+    assert 12.5 <= width(wide.tissue == Tissue.LUNG) <= 15.5
+    assert 14.6 <= width((wide.tissue != Tissue.AMNIOTIC)[:, :, level:level + 1]) <= 17.5
+    assert 6.4 <= width(heart) <= 8.5

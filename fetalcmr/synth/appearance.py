@@ -1,5 +1,6 @@
 """Black-blood T2w appearance: tissue intensities relative to lung, lung texture, the
-point-spread of slice-to-volume reconstruction, residual noise, bias field and scanner gain.
+point-spread of slice-to-volume reconstruction (per axis), smooth residual noise, bias field,
+gamma and scanner gain.
 
 Intensity ranges (relative to lung, docs/design.md §9, from public real fetal thorax atlases) are drawn
 per subject in :data:`fetalcmr.synth.params.APPEARANCE_RANGES`; the raw image is scaled by an
@@ -71,7 +72,8 @@ def render_image(tissue: np.ndarray, p: SubjectParams, spacing: float,
     for fraction, kind in overlays:
         img += fraction * (lut[kind] - img)
     psf = a["psf_sigma_mm"] * (1.6 if p.noise_free else 1.0)  # an atlas is an average: smoother
-    img = ndimage.gaussian_filter(img, psf / spacing, truncate=3.0)
+    sigma = [psf * a[f"psf_{axis}"] / spacing for axis in "xyz"]
+    img = ndimage.gaussian_filter(img, sigma, truncate=3.0)
     if not p.noise_free:
         n = img.shape[0]
         u = (np.arange(n, dtype=np.float32) - (n - 1) / 2) / (n / 2)
@@ -80,8 +82,13 @@ def render_image(tissue: np.ndarray, p: SubjectParams, spacing: float,
         ux, uy, uz = u[:, None, None], u[None, :, None], u[None, None, :]
         field = c[0] * ux + c[1] * uy + c[2] * uz + c[3] * ux**2 + c[4] * ux * uy + c[5] * uz**2
         img = img * np.exp(a["bias"] * field).astype(np.float32)
-        noise = ndimage.gaussian_filter(rng.standard_normal(img.shape).astype(np.float32), 0.6)
-        noise *= a["noise"] / (noise.std() + 1e-6)
-        img = img + noise
-    img = np.clip(img, 0.0, None) * a["gain"]
+        img = img + band_limited_noise(rng, img.shape, a["noise_corr_mm"] / spacing) * a["noise"]
+    img = np.clip(img, 0.0, None) ** a["gamma"] * a["gain"]
     return img.astype(np.float32)
+
+
+def band_limited_noise(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: float) -> np.ndarray:
+    """Unit-SD Gaussian-correlated noise (white noise low-passed at ``sigma_vox``), as the residual
+    noise of a slice-to-volume reconstruction, which interpolates many slices, is smooth."""
+    noise = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox)
+    return noise / (noise.std() + 1e-6)

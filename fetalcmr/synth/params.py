@@ -4,7 +4,7 @@ A subject is fully described by a :class:`SubjectParams`: gestational age (globa
 vessel calibre, class-defining shape parameters, a smooth random deformation of the anatomy
 (Gaussian radial-basis displacements on a coarse lattice, so neighbouring structures move
 together and their spacing is preserved), the residual pose, and the appearance (tissue
-intensities relative to lung, blur, noise, bias field). :func:`mean_params` averages the
+intensities relative to lung, blur, noise, bias field, gamma). :func:`mean_params` averages the
 numeric fields of a class population: rendering that gives the class's mean shape.
 """
 
@@ -28,29 +28,34 @@ RBF_SIGMA_MM: float = 11.0
 #: Labels whose calibre varies independently (all eleven vessels).
 VESSEL_LABELS: tuple[int, ...] = tuple(range(1, 12))
 
-#: Appearance parameters: name -> (low, high) of a uniform draw; intensities are relative to lung.
+#: Appearance parameters: name -> (low, high) of a uniform draw; intensities are relative to lung
+#: and bracket those measured on a real thorax (docs/design.md §9).
 APPEARANCE_RANGES: dict[str, tuple[float, float]] = {
     "blood": (0.04, 0.09),
     "mediastinum": (0.30, 0.45),
-    "myocardium": (0.28, 0.42),
-    "thymus": (0.40, 0.50),
+    "myocardium": (0.28, 0.40),
+    "thymus": (0.42, 0.52),
     "muscle": (0.25, 0.35),
     "subcutaneous": (0.45, 0.60),
-    "liver": (0.32, 0.38),
-    "vertebra": (0.45, 0.55),
+    "liver": (0.31, 0.38),
+    "vertebra": (0.45, 0.60),
     "disc": (0.70, 0.85),
-    "csf": (1.12, 1.22),
+    "csf": (1.15, 1.35),
     "cord": (0.40, 0.50),
     "rib": (0.25, 0.35),
     "oesophagus": (0.32, 0.42),
     "airway": (1.03, 1.17),
     "amniotic": (1.30, 1.60),
-    "lung_texture": (0.02, 0.05),  # amplitude of the low-frequency lung texture
-    "psf_sigma_mm": (0.35, 0.60),  # Gaussian PSF of the SVR reconstruction
-    "noise": (0.05, 0.12),  # residual noise SD relative to lung
+    "lung_texture": (0.03, 0.06),  # amplitude of the low-frequency lung texture
+    "psf_sigma_mm": (0.45, 0.70),  # Gaussian PSF of the SVR reconstruction
+    "noise": (0.05, 0.10),  # residual noise SD relative to lung
+    "noise_corr_mm": (0.9, 1.3),  # correlation length (Gaussian sigma) of the residual noise
     "bias": (0.04, 0.10),  # amplitude of the multiplicative bias field
     "gain": (300.0, 3000.0),  # arbitrary scanner scale of the lung
 }
+#: Appearance parameters fixed in the plain phantom (varied by :mod:`fetalcmr.synth.randomise`):
+#: PSF factor per axis and the gamma applied to the lung-relative image.
+APPEARANCE_FIXED: dict[str, float] = {"psf_x": 1.0, "psf_y": 1.0, "psf_z": 1.0, "gamma": 1.0}
 
 
 @dataclass
@@ -103,7 +108,7 @@ def sample_params(cls: int, rng: np.random.Generator) -> SubjectParams:
     rbf = np.clip(rng.normal(0.0, 0.7, size=(len(RBF_CENTRES), 3)), -1.5, 1.5)
     angles = np.clip(rng.normal(0.0, 3.0, size=3), -6.0, 6.0)
     shift = np.clip(rng.normal(0.0, 1.0, size=3), -2.0, 2.0)
-    appearance = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in APPEARANCE_RANGES.items()}
+    appearance = {k: float(rng.uniform(lo, hi)) for k, (lo, hi) in APPEARANCE_RANGES.items()} | APPEARANCE_FIXED
     return SubjectParams(cls=cls, ga_weeks=ga, calibre=calibre, label_calibre=label_calibre,
                          coa_isthmus_ratio=coa, daa_minor_ratio=daa, arch_hypoplasia=hypo,
                          lsa_shift=lsa_shift, trachea_x_mm=tx, rbf_weights=rbf,

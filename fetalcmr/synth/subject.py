@@ -18,6 +18,7 @@ from fetalcmr.synth.geometry import Grid, Pose
 from fetalcmr.synth.labels import clean_labels
 from fetalcmr.synth.manual import manual_mask
 from fetalcmr.synth.params import SubjectParams, sample_params
+from fetalcmr.synth.randomise import randomise_appearance
 from fetalcmr.synth.thorax import thorax_tissues
 from fetalcmr.synth.vessels import PAINT_ORDER, vessel_tree
 from fetalcmr.topology import adjacency_graph, arch_side, betti_numbers, components_per_label
@@ -117,11 +118,12 @@ def render_subject(p: SubjectParams, grid: int, spacing_mm: float, *, with_binar
 
 
 def generate_subject(cls: int, seed: int, grid: int = 64, spacing_mm: float = 0.8, *,
-                     max_attempts: int = 20) -> Subject:
+                     randomise: bool = False, max_attempts: int = 20) -> Subject:
     """Generate a subject of class ``cls`` (0 CoA, 1 RAA, 2 DAA), deterministic in ``seed``.
 
     Shapes are drawn until the label map matches the class template (one component per label,
     exact contact graph, arch loops and side); the number of draws is ``meta["attempts"]``.
+    ``randomise`` redraws the appearance (:mod:`fetalcmr.synth.randomise`), keeping the anatomy.
     """
     if cls not in CLASSES:
         raise ValueError(f"unknown anomaly class {cls}; expected one of {sorted(CLASSES)}")
@@ -129,11 +131,14 @@ def generate_subject(cls: int, seed: int, grid: int = 64, spacing_mm: float = 0.
     problems: list[str] = []
     for attempt in range(1, max_attempts + 1):
         p = sample_params(cls, rng)
+        if randomise:
+            p.appearance = randomise_appearance(p.appearance, np.random.default_rng([p.texture_seed, 3]))
         sub = render_subject(p, grid, spacing_mm)
         problems = label_problems(sub.gt, sub.trachea, cls)
         if not problems:
             sub.meta["attempts"] = attempt
             sub.meta["seed"] = int(seed)
+            sub.meta["randomised"] = randomise
             return sub
     raise RuntimeError(f"class {CLASSES[cls]} seed {seed}: no valid anatomy in {max_attempts} draws "
                        f"at {grid}³ × {spacing_mm:.3f} mm; last problems: {problems}")

@@ -1,5 +1,5 @@
 """Summaries of a cohort's ``dataset.json`` for notebook 00: the cohort table, manual-mask
-quality, and figures (orthogonal-slice montage, 3D renders, atlases).
+quality, and figures (orthogonal-slice montage, 3D renders, atlases, a real thorax beside the phantom).
 
 They work on the synthetic cohort and on a user's dataset alike: anything that needs the truth
 (``gt``) or synthetic metadata is skipped or falls back when absent.
@@ -21,6 +21,8 @@ from fetalcmr.stats import mean_sd
 
 if TYPE_CHECKING:
     import matplotlib.figure
+
+    from fetalcmr.synth.subject import Subject
 
 AO, DAO = LABEL_INDEX["AO"], LABEL_INDEX["DAO"]
 
@@ -192,4 +194,52 @@ def mask_quality_figure(per_subject: pd.DataFrame, title: str = "") -> matplotli
         ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def real_vs_phantom_figure(real_image: np.ndarray, real_organs: np.ndarray, real_spacing_mm: float,
+                           phantom: Subject, title: str = "") -> matplotlib.figure.Figure:
+    """A real thorax (top) and a phantom subject (bottom) at the phantom's field of view, with
+    intensity histograms relative to lung (lung median = 1).
+
+    The real volume is resampled to the phantom's grid around :func:`fetalcmr.realslice.arch_centre`.
+    Slices: axial through the field's centre (arch level), axial 13 mm lower (heart), coronal and
+    sagittal through the centre.
+    """
+    import matplotlib.pyplot as plt
+
+    from fetalcmr.realslice import LUNGS, arch_centre, arch_crop, relative_histogram
+    from fetalcmr.synth.thorax import Tissue
+
+    n, spacing = phantom.image.shape[0], float(phantom.affine[0, 0])
+    centre = arch_centre(real_organs)
+    real = arch_crop(real_image, real_spacing_mm, centre, n, spacing)
+    real_lung = np.isin(arch_crop(real_organs, real_spacing_mm, centre, n, spacing, order=0), LUNGS)
+    rows = {"real (SVRTK thorax atlas)": (real, real_lung),
+            f"phantom ({phantom.meta['class']}, {phantom.meta['ga_weeks']:.0f} wk)": (phantom.image,
+                                                                               phantom.tissue == Tissue.LUNG)}
+    fig = plt.figure(figsize=(15.0, 6.0), constrained_layout=True)
+    grid = fig.add_gridspec(2, 5)
+    hist_ax = fig.add_subplot(grid[:, 4])
+    bins = np.linspace(0.0, 1.6, 65)
+    c, low = n // 2, max(n // 2 - int(round(13.0 / spacing)), 0)
+    extent = [-n * spacing / 2, n * spacing / 2] * 2
+    for r, (name, (image, lung)) in enumerate(rows.items()):
+        rel = image / float(np.median(image[lung]))
+        cuts = [("axial, arch", rel[:, :, c]), ("axial, heart", rel[:, :, low]),
+                ("coronal", rel[:, c, :]), ("sagittal", rel[c, :, :])]
+        for k, (label, plane) in enumerate(cuts):
+            ax = fig.add_subplot(grid[r, k])
+            ax.imshow(plane.T, origin="lower", cmap="gray", vmin=0.0, vmax=1.4, extent=extent)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.set_title(label if r == 0 else "", fontsize=9)
+            if k == 0:
+                ax.set_ylabel(name, fontsize=9)
+        hist_ax.plot(0.5 * (bins[1:] + bins[:-1]), relative_histogram(image, lung, bins), label=name)
+    hist_ax.set_xlabel("intensity / lung median")
+    hist_ax.set_ylabel("density")
+    hist_ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=11)
     return fig

@@ -2,8 +2,9 @@
 oesophagus, heart, thymus, spine, ribs, liver and stomach, as a tissue-class volume.
 
 These make the synthetic image a fetal thorax rather than vessels on a blank background: the
-vessels are not the only dark tubes (heart chambers and pulmonary hilar branches are dark
-blood too) and not the only tubes (airways are bright fluid-filled tubes, ribs dark).
+vessels are not the only dark structures (the heart is a large dark blood pool with a thin
+grey wall, as measured on a real thorax, and pulmonary hilar branches are dark blood too) and
+not the only tubes (airways are bright fluid-filled tubes, ribs dark).
 All shapes are placed with the subject's scale and smooth deformation, then seen through the
 residual pose via the anatomical coordinates of the voxels.
 """
@@ -38,6 +39,19 @@ class Tissue(IntEnum):
     RIB = 14
     OESOPHAGUS = 15
     AIRWAY = 16
+
+
+#: Reference (30-week) body centre and body and pleural-cavity radii (mm), and the heart
+#: (centre, radii, long-axis angle about z, wall thickness), sized against the vessels as
+#: measured on a real thorax (docs/design.md §9): lungs ~14 and the body ~16 DAO diameters
+#: across, the heart ~7.6 × 7.6 × 6 DAO diameters and ~2/3 blood pool.
+BODY_CENTRE: tuple[float, float, float] = (0.0, 3.5, 0.0)
+BODY_RADII: tuple[float, float] = (33.5, 35.0)
+CAVITY_RADII: tuple[float, float] = (29.0, 28.0)
+HEART_CENTRE: tuple[float, float, float] = (-4.5, 14.0, -16.5)
+HEART_RADII: tuple[float, float, float] = (18.0, 13.5, 12.4)
+HEART_AXIS_DEG: float = 135.0
+HEART_WALL_MM: float = 1.8
 
 
 def _airway_tubes(p: SubjectParams) -> tuple[list[Tube], list[tuple[np.ndarray, np.ndarray]]]:
@@ -87,14 +101,14 @@ def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray,
     tis = np.full(grid.shape, T.AMNIOTIC, dtype=np.uint8)
     zr = z / s
     taper = 1.0 - 0.012 * np.clip(zr - 6.0, 0.0, None)  # thoracic inlet narrows into the neck
-    c = p.place(np.array([0.0, -1.5, 0.0]))
+    c = p.place(np.array(BODY_CENTRE))
 
     def body(rx: float, ry: float) -> np.ndarray:
         return ((x - c[0]) / (rx * s * taper)) ** 2 + ((y - c[1]) / (ry * s * taper)) ** 2 < 1.0
 
-    tis[body(30.0, 25.5)] = T.SUBCUTANEOUS
-    tis[body(28.8, 24.3)] = T.MUSCLE
-    cavity = body(26.5, 22.0)
+    tis[body(*BODY_RADII)] = T.SUBCUTANEOUS
+    tis[body(BODY_RADII[0] - 1.5, BODY_RADII[1] - 1.5)] = T.MUSCLE
+    cavity = body(*CAVITY_RADII)
     # diaphragm: right dome higher; liver below it, stomach under the left dome
     zd = s * (-22.0 + 4.0 * np.exp(-((x / s - 8.0) ** 2) / (2 * 9.0**2)))
     below = cavity & (z < zd)
@@ -109,7 +123,7 @@ def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray,
     tis[column] = T.MEDIASTINUM
     central = np.abs(x - cm[0]) < 10.0 * s  # vessels have a soft-tissue sleeve in the mediastinum, not in the lung
     tis[(vessel_sdf < 1.5 * s) & cavity & central] = T.MEDIASTINUM
-    tis[ellipsoid_value(coords, p.place(np.array([0.0, 13.0, 9.0])), np.array([9.0, 6.5, 10.0]) * s) < 1] = T.THYMUS
+    tis[ellipsoid_value(coords, p.place(np.array([-1.0, 18.0, 5.0])), np.array([13.0, 9.0, 11.0]) * s) < 1] = T.THYMUS
     # spine (vertebral bodies with discs, canal with CSF and cord, posterior arch), paraspinal muscle
     sp = p.place(np.array([0.0, -16.0, 0.0]))
     sy = sp[1] - 0.004 * z**2 / s  # gentle curvature
@@ -128,20 +142,23 @@ def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray,
         z0 = -21.0 + 5.5 * k + rng.normal(0, 0.4)
         for side in (-1.0, 1.0):
             th = np.deg2rad(np.linspace(-80.0, 45.0, 9))
-            pts = np.stack([side * 27.5 * np.cos(th) * (1 - 0.012 * max(z0 - 6, 0)),
-                            -1.5 + 23.2 * np.sin(th) * (1 - 0.012 * max(z0 - 6, 0)),
+            narrow = 1 - 0.012 * max(z0 - 6, 0)
+            pts = np.stack([side * (CAVITY_RADII[0] + 1.0) * np.cos(th) * narrow,
+                            BODY_CENTRE[1] + (CAVITY_RADII[1] + 1.0) * np.sin(th) * narrow,
                             z0 - 3.0 * (th - th[0]) / (th[-1] - th[0])], axis=1)
             grid.paint_tube_sdf(rib_sdf, catmull_rom(p.place(pts), np.full(len(pts), 0.8 * s), 2.0), pose)
     tis[rib_sdf < 0] = T.RIB
-    # heart: myocardium with four blood-filled chambers, pericardial soft tissue around it
-    h_c, h_r, h_rot = p.place(np.array([-3.0, 10.0, -18.0])), np.array([14.0, 11.0, 9.5]) * s, rotation_z(135.0)
-    tis[ellipsoid_value(coords, h_c, h_r + 1.2 * s, h_rot) < 1] = T.MEDIASTINUM
-    heart = ellipsoid_value(coords, h_c, h_r, h_rot) < 1
-    tis[heart] = T.MYOCARDIUM
-    inner = ellipsoid_value(coords, h_c, h_r - 1.5 * s, h_rot) < 1
-    for centre, radii in (((0.5, 15.0, -18.0), (5.5, 4.0, 6.5)), ((-8.0, 8.5, -19.0), (5.0, 4.5, 6.5)),
-                          ((7.5, 7.0, -15.0), (5.0, 4.5, 5.5)), ((-2.0, 1.5, -14.0), (6.5, 3.5, 4.0))):
-        tis[(ellipsoid_value(coords, p.place(np.array(centre)), np.array(radii) * s) < 1) & inner] = T.BLOOD
+    # heart: a thin myocardial wall around one dark blood pool split by the septa
+    h_c, h_r = p.place(np.array(HEART_CENTRE)), np.array(HEART_RADII) * s
+    h_rot = rotation_z(HEART_AXIS_DEG)
+    tis[ellipsoid_value(coords, h_c, h_r + 0.8 * s, h_rot) < 1] = T.MEDIASTINUM  # pericardium
+    tis[ellipsoid_value(coords, h_c, h_r, h_rot) < 1] = T.MYOCARDIUM
+    pool = ellipsoid_value(coords, h_c, h_r - HEART_WALL_MM * s, h_rot) < 1
+    u = np.deg2rad(HEART_AXIS_DEG)
+    along = np.cos(u) * (x - h_c[0]) + np.sin(u) * (y - h_c[1])  # towards the apex (left, anterior)
+    across = np.abs(np.cos(u) * (y - h_c[1]) - np.sin(u) * (x - h_c[0]))
+    septum = np.where(along > -4.0 * s, across < 1.2 * s, across < 0.5 * s)  # ventricular, atrial
+    tis[pool & ~septum] = T.BLOOD
     # oesophagus behind the trachea
     tx = p.trachea_x_mm / p.scale
     oes_sdf = grid.empty_sdf()
