@@ -25,11 +25,14 @@ import fetalcmr
 from fetalcmr.atomic import atomic_path, write_json_atomic
 from fetalcmr.cache import file_digest
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
+from fetalcmr.io import DataError, Volume, load_nifti, save_nifti
 from fetalcmr.joint import build_joint
 from fetalcmr.manifest import git_commit
+from fetalcmr.postprocess import PostProcessing
 
-BUNDLE_FORMAT: int = 1
+BUNDLE_FORMAT: int = 2  # 2: classifier crops around the aorta (layer order), post-processing entry
 BUNDLE_FILE = "bundle.json"
+TEMPLATE_FILE = "template.nii.gz"
 
 
 class BundleError(ValueError):
@@ -47,6 +50,10 @@ class Bundle:
     labels: dict[int, str]
     classes: dict[int, str]
     info: dict[str, Any]
+    #: the alignment template (RAS), or None for a bundle made without one
+    template: Volume | None = None
+    #: connected-component clean-up chosen on the validation split when the bundle was exported
+    postprocessing: PostProcessing = dataclasses.field(default_factory=PostProcessing)
 
 
 def _major_minor(version: str) -> str:
@@ -67,13 +74,26 @@ def _config_from(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
+def coa_template(data: dict[str, Any]) -> str:
+    """The image of the dataset's CoA atlas (``atlases`` entry with label 0): the bundle's template."""
+    for atlas in data.get("atlases") or []:
+        if int(atlas["label"]) == 0:
+            return str(atlas["image"])
+    raise DataError("dataset has no CoA atlas (an 'atlases' entry with label 0) to use as the bundle's template")
+
+
 def export_bundle(out_dir: str | os.PathLike[str], members: list[nn.Module], *, segmenter: SegmenterConfig,
                   classifier: ClassifierConfig, kind: str, grid: int, spacing_mm: float,
                   labels: dict[int, str], classes: dict[int, str], provenance: dict[str, Any],
+                  template: str | os.PathLike[str], postprocessing: PostProcessing | None = None,
                   metrics: dict[str, Any] | None = None) -> Path:
-    """Write ``members`` (joint networks with ``.segmenter``/``.classifier``) as a bundle; return its folder."""
+    """Write ``members`` (joint networks with ``.segmenter``/``.classifier``), the alignment ``template``
+    (a NIfTI image, stored in RAS) and the ``postprocessing`` chosen on validation as a bundle; return
+    its folder."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    tpl = load_nifti(template)
+    save_nifti(out / TEMPLATE_FILE, tpl.array, tpl.affine)
     entries = []
     for i, net in enumerate(members):
         entry = {}
@@ -89,15 +109,18 @@ def export_bundle(out_dir: str | os.PathLike[str], members: list[nn.Module], *, 
         "versions": _package_versions(),
         "preprocessing": {"grid": grid, "spacing_mm": spacing_mm, "orientation": "RAS",
                           "intensity": "z-score then min-max to 0..1",
-                          "crop_pad": "centred on the input volume's centre, zero padding"},
+                          "crop_pad": "affine alignment to the template (fetalcmr.align), zero padding; "
+                                      "centred on the input volume's centre when alignment is off"},
         "segmenter": dataclasses.asdict(segmenter),
         "classifier": dataclasses.asdict(classifier),
         "classifier_input": kind,
         "labels": {str(k): v for k, v in labels.items()},
         "classes": {str(k): v for k, v in classes.items()},
         "members": entries,
+        "template": {"file": TEMPLATE_FILE, "sha256": file_digest(out / TEMPLATE_FILE), "source": str(template)},
         "provenance": {"commit": git_commit(), "created": datetime.now(UTC).isoformat(timespec="seconds"),
                        **provenance},
+        "postprocessing": (postprocessing or PostProcessing()).to_dict(),
         "metrics": metrics or {},
     })
     return out
@@ -145,7 +168,19 @@ def load_bundle(path: str | os.PathLike[str], *, labels: dict[int, str] | None =
         net.eval()
         members.append(net)
     prep = info["preprocessing"]
-    return Bundle(folder, members, int(prep["grid"]), float(prep["spacing_mm"]), b_labels, b_classes, info)
+    return Bundle(folder, members, int(prep["grid"]), float(prep["spacing_mm"]), b_labels, b_classes, info,
+                  _template(folder, info.get("template")), PostProcessing.from_dict(info.get("postprocessing") or {}))
+
+
+def _template(folder: Path, entry: dict[str, str] | None) -> Volume | None:
+    if entry is None:
+        return None
+    path = folder / entry["file"]
+    if not path.exists():
+        raise BundleError(f"{path}: template missing from the bundle")
+    if file_digest(path) != entry["sha256"]:
+        raise BundleError(f"{path}: checksum differs from bundle.json (corrupt or replaced)")
+    return load_nifti(path)
 
 
 def copy_bundle(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> Path:

@@ -74,7 +74,7 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from fetalcmr.infer import infer
 
     try:
-        table = infer(args.input, args.bundle, args.out, progress=not args.quiet)
+        table = infer(args.input, args.bundle, args.out, align=not args.no_align, progress=not args.quiet)
     except BundleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -118,8 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
         "infer", help="segment vessels and classify the arch anomaly of new NIfTI volumes",
         description="Segment the 11 great vessels and classify the aortic arch anomaly (CoA, RAA, DAA) of "
                     "thorax-cropped 3D T2w fetal MRI reconstructions, with a model bundle. Each volume may be "
-                    "in any orientation and spacing: it is resampled to the bundle's grid around its centre "
-                    "(cropped or zero-padded to the bundle's field of view), and the label map is written back "
+                    "in any orientation, spacing and field of view (a whole thorax is fine): it is aligned to the "
+                    "bundle's template (affine registration: 24 orientations × 5 scales searched, then refined) "
+                    "and resampled onto the bundle's grid, and the label map is written back "
                     "in the volume's own grid and affine as <id>_labels.nii.gz. predictions.csv holds one row "
                     "per volume: class, class probabilities, and whether the vessel topology matches the "
                     "predicted class (with reasons). Exit codes: 0 done, 2 bad input (the file is named), "
@@ -129,6 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bundle", required=True, help="model bundle folder (from `fetalcmr export` or make reproduce)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--no-align", action="store_true",
+                   help="skip the alignment to the bundle's template and centre the bundle's grid on each volume "
+                        "(for volumes already cropped around the arch as in training)")
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("export", help="pack a trained run's model bundle into a folder",

@@ -1,10 +1,20 @@
 """Inference on new volumes with a model bundle: segmentation, anomaly class, topology verdict.
 
-Input policy: each volume is a thorax-cropped 3D T2w reconstruction in any orientation and
-spacing. It is reoriented to RAS, resampled (linear) onto the bundle's cubic grid centred on
-the volume's centre — cropping what lies outside the bundle's field of view and zero-padding
-what is missing — and normalised (z-score, then 0..1), exactly as in training. The predicted
-label map is resampled (nearest neighbour) back onto the input's own voxel grid and affine.
+Input policy: each volume is a 3D T2w reconstruction of the thorax (or the whole body) in any
+orientation and spacing. It is reoriented to RAS and affinely aligned to the bundle's template
+(:mod:`fetalcmr.align`: a search over the 24 axis-aligned turns, scales and shifts, then an affine
+refined on normalised cross-correlation); the input is resampled (linear) through that affine
+onto the bundle's cubic grid, zero-padded where it has no data, and normalised (z-score, then
+0..1), exactly as in training. The predicted label map goes back (nearest neighbour) through the
+inverse affine onto the input's own voxel grid. Without alignment (``align=False``, for inputs
+already cropped as in training, or a bundle made before templates, with a warning) the bundle's
+grid is centred on the volume's centre instead, as in training.
+
+The ensemble's label map is cleaned as the bundle says (:class:`fetalcmr.postprocess.PostProcessing`,
+chosen on the validation split when it was exported) before it is written and judged. Beside the
+network's class, the topology rule (:mod:`fetalcmr.topology_rule`: a ring → DAA, else the arch's
+side of a trachea found in the image) gives its own class; ``review`` is true where the two
+disagree or the rule cannot decide, so those cases go to a human first.
 
 Every input is checked before anything is written: a bad file stops the run with a message
 naming it, and no output is left half-written (all writes are atomic).
@@ -14,6 +24,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,8 +35,9 @@ import pandas as pd
 
 from fetalcmr.atomic import write_json_atomic, write_text_atomic
 from fetalcmr.bundle import Bundle
-from fetalcmr.io import DataError, Volume, load_nifti, resample_labels, save_nifti
+from fetalcmr.io import DataError, Volume, load_nifti, normalise_intensity, resample_labels, save_nifti
 from fetalcmr.predict import predict_volume
+from fetalcmr.topology_rule import classify_topology, disagreement
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -115,18 +127,35 @@ def predict(bundle: Bundle, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return labelmap, mean_probs[0], int(voted[0])
 
 
+def model_input(bundle: Bundle, path: Path, align: bool) -> tuple[Volume, dict[str, Any]]:
+    """Return the normalised image on the model grid (its affine maps to the input's world) and the
+    alignment record (``aligned`` false and no numbers when the grid is centre-cropped)."""
+    from fetalcmr.align import align_to_template, image_on_model_grid, model_grid
+    from fetalcmr.data import load_volume
+
+    if not align or bundle.template is None:
+        vol = load_volume(path, kind="image", grid=bundle.grid, spacing_mm=bundle.spacing_mm)
+        return vol, {"aligned": False}
+    image = load_nifti(path)
+    alignment = align_to_template(image, bundle.template)
+    affine = alignment.matrix @ model_grid(bundle.template, bundle.grid, bundle.spacing_mm)
+    array = normalise_intensity(image_on_model_grid(image, affine, bundle.grid))
+    return Volume(array, affine), {"aligned": True, **alignment.record()}
+
+
 def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-          *, progress: bool = True) -> pd.DataFrame:
+          *, align: bool = True, progress: bool = True) -> pd.DataFrame:
     """Segment and classify every case of ``source`` with the bundle; write label maps and a table.
 
     Outputs in ``out_dir``: ``<id>_labels.nii.gz`` (the input's grid and affine),
     ``predictions.csv`` and ``predictions.json`` (one row per case: class, probabilities,
-    topology verdict and reasons, seconds). Returns the table.
+    topology verdict and reasons, the alignment (``aligned``; when aligned: orientation of the
+    template's axes in the input, scale, NCC with the template before (centre crop) and after,
+    seconds, and the 4×4 matrix from template to input world, mm), seconds). Returns the table.
     """
     from tqdm.std import tqdm
 
     from fetalcmr.bundle import load_bundle
-    from fetalcmr.data import load_volume
     from fetalcmr.topology import topology_report
 
     out = Path(out_dir)
@@ -134,11 +163,17 @@ def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], ou
     check_cases(cases)
     check_output_folder(out)
     bundle = load_bundle(bundle_dir)
+    if align and bundle.template is None:
+        warnings.warn(f"{bundle_dir}: bundle has no alignment template (made before templates); volumes are "
+                      "centre-cropped to its field of view, so give thorax crops centred on the arch, or "
+                      "re-export the bundle", stacklevel=2)
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="infer", unit="case", disable=not progress):
         t0 = time.perf_counter()
-        vol = load_volume(case.image, kind="image", grid=bundle.grid, spacing_mm=bundle.spacing_mm)
-        labelmap, probs, cls = predict(bundle, vol.array)
+        vol, alignment = model_input(bundle, case.image, align)
+        raw, probs, cls = predict(bundle, vol.array)
+        labelmap = bundle.postprocessing.apply(raw)
+        rule = classify_topology(labelmap, image=vol.array, spacing_mm=bundle.spacing_mm)
         original = nib.load(str(case.image))
         back = resample_labels(Volume(labelmap, vol.affine), original.affine, original.shape[:3])
         label_path = out / f"{case.id}_labels.nii.gz"
@@ -149,7 +184,9 @@ def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], ou
             "class": bundle.classes[cls], "class_index": cls,
             **{f"p_{bundle.classes[k]}": float(p) for k, p in enumerate(probs)},
             "topology_correct": bool(report.correct), "topology_reasons": "; ".join(report.reasons),
-            "seconds": round(time.perf_counter() - t0, 3),
+            "rule_class": rule.name, "rule_reason": rule.reason, "review": disagreement(cls, rule.cls),
+            "postprocessed_labels": ",".join(bundle.labels[k] for k in bundle.postprocessing.labels),
+            **alignment, "seconds": round(time.perf_counter() - t0, 3),
         })
     table = pd.DataFrame(rows)
     write_text_atomic(out / "predictions.csv", table.to_csv(index=False))

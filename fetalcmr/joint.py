@@ -42,6 +42,7 @@ from fetalcmr.methods import get, methods_of
 from fetalcmr.metrics import dice_per_label, evaluate_segmentation
 from fetalcmr.models import JointNet, make_segmenter
 from fetalcmr.paths import RunPaths
+from fetalcmr.postprocess import PostProcessing, choose_postprocessing
 from fetalcmr.predict import predict_volume
 from fetalcmr.segmentation import METHOD as SEGMENTER_METHOD
 from fetalcmr.segmentation import SegmentationOutputs
@@ -203,6 +204,19 @@ def method_scores(seg: pd.DataFrame, cls_pred: pd.DataFrame, methods: Sequence[s
     return out
 
 
+def ensemble_postprocessing(members: Sequence[nn.Module], validation: Sequence[Mapping[str, Any]],
+                            labels: Mapping[int, str]) -> PostProcessing:
+    """Choose the bundle's connected-component clean-up on the validation split: the ensemble's label
+    maps against the propagated labels (``lp``; the weak labels, never the ground truth), per label
+    as :func:`fetalcmr.postprocess.choose_postprocessing` does. No validation subject: no clean-up."""
+    if not validation:
+        return PostProcessing()
+    predictions = [average_softmax([predict_volume(m, s["image"]).softmax for m in members]).argmax(axis=0)
+                   for s in validation]
+    references = [np.asarray(s["lp"])[0] for s in validation]
+    return choose_postprocessing(predictions, references, labels)
+
+
 def joint_samples(data: Mapping[str, Any], *, grid: int | None, spacing_mm: float | None
                   ) -> dict[str, list[dict[str, Any]]]:
     """Return engine samples per split: training/validation with ``lp`` and ``binary``, testing image+label."""
@@ -359,7 +373,7 @@ def run_joint(data: Mapping[str, Any], segmentation: SegmentationOutputs, classi
     written last; the outputs are read back, so they equal :func:`load_joint`'s.
     """
     from fetalcmr.atomic import write_json_atomic
-    from fetalcmr.bundle import export_bundle
+    from fetalcmr.bundle import coa_template, export_bundle
     from fetalcmr.dataset import classes_of, labels_of
 
     if SEGMENTER_METHOD not in segmentation.checkpoints:
@@ -369,15 +383,19 @@ def run_joint(data: Mapping[str, Any], segmentation: SegmentationOutputs, classi
     cls_states = {s: classification.weights(KIND, s) for s in seeds}
     cls_keys = {s: file_digest(classification.checkpoint(KIND, s)) for s in seeds}
     labels = labels_of(dict(data))
+    samples = joint_samples(data, grid=grid, spacing_mm=spacing_mm)
     exp = run_joint_experiments(
         seg_cfg=seg_cfg, seg_state=segmenter.state_dict(), seg_key=seg_key, cls_cfg=cls_cfg, cls_states=cls_states,
-        cls_keys=cls_keys, jcfg=jcfg, samples=joint_samples(data, grid=grid, spacing_mm=spacing_mm),
+        cls_keys=cls_keys, jcfg=jcfg, samples=samples,
         truth=truth_maps(data["testing"], grid=grid, spacing_mm=spacing_mm), spacing_mm=spacing_mm, labels=labels,
         out_dir=paths.joint_dir, predictions_dir=paths.predictions_dir, results_dir=paths.results_dir,
         progress=progress)
-    export_bundle(paths.bundle_dir, [exp.runs[m].model for m in exp.ensemble_members], segmenter=seg_cfg,
+    members = [exp.runs[m].model for m in exp.ensemble_members]
+    export_bundle(paths.bundle_dir, members, segmenter=seg_cfg,
                   classifier=cls_cfg, kind=KIND, grid=grid, spacing_mm=spacing_mm,
                   labels=labels, classes=classes_of(dict(data)), provenance=dict(provenance or {}),
+                  template=coa_template(dict(data)),
+                  postprocessing=ensemble_postprocessing(members, samples["validation"], labels),
                   metrics=method_scores(exp.seg, exp.cls, compared_methods(exp.cls)))
     write_json_atomic(paths.outputs_record(STAGE), {
         "runs": list(exp.runs), "ensemble_members": list(exp.ensemble_members),

@@ -1,13 +1,15 @@
 """``make realcheck INPUT=path.nii.gz``: what a model bundle does with one real volume.
 
 Runs :func:`fetalcmr.infer.infer` on the volume as given (the same preprocessing as any user's
-input) and measures, on the input's own grid: the class and its probabilities, the topology
-verdict, the aortic arch's connectivity (AO ∪ DAO: pieces and loops, Betti b0 and b1), each
-predicted vessel's volume in mm³ and mean intensity, and an overlay figure. With organ labels
-(``--organs``: 1 heart, 2 and 3 the lungs, as in the public SVRTK thorax atlas), intensities are
-given relative to the lungs' mean (black-blood vessel lumen is dark: near 0) and the share of
-predicted vessel voxels inside the heart is reported (blood pool labelled as vessel). Without
-them, intensities are relative to the image's 99th percentile and the heart share is not known.
+input: aligned to the bundle's template unless ``--no-align``) and measures, on the input's own
+grid: the class and its probabilities, the topology verdict, the alignment (orientation, scale,
+NCC with the template before and after, seconds), the aortic arch's connectivity (AO ∪ DAO:
+pieces and loops, Betti b0 and b1), each predicted vessel's volume in mm³ and mean intensity,
+and an overlay figure. With organ labels (``--organs``: 1 heart, 2 and 3 the lungs, as in the
+public SVRTK thorax atlas), intensities are given relative to the lungs' mean (black-blood
+vessel lumen is dark: near 0) and the share of predicted vessel voxels inside the heart is
+reported (blood pool labelled as vessel). Without them, intensities are relative to the image's
+99th percentile and the heart share is not known.
 
 Outputs in ``out_dir``: what ``infer`` writes, ``realcheck.json``, ``realcheck_vessels.csv`` and
 ``realcheck_overlay.png``. Nothing here trains or tunes: it is a check.
@@ -16,6 +18,7 @@ Outputs in ``out_dir``: what ``infer`` writes, ``realcheck.json``, ``realcheck_v
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -62,14 +65,23 @@ def _organs(path: str | os.PathLike[str] | None, image_path: Path, shape: tuple[
     return np.rint(organs.array).astype(np.int16)
 
 
+def _alignment(row: dict[str, Any]) -> dict[str, Any]:
+    if not row["aligned"]:
+        return {"aligned": False}
+    return {"aligned": True, "align_orientation": str(row["align_orientation"]),
+            "align_matrix": json.loads(row["align_matrix"]),
+            **{k: float(row[k]) for k in ("align_scale", "align_ncc_before", "align_ncc_after", "align_seconds")}}
+
+
 def real_check(image: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-               *, organs: str | os.PathLike[str] | None = None, progress: bool = True) -> dict[str, Any]:
+               *, organs: str | os.PathLike[str] | None = None, align: bool = True,
+               progress: bool = True) -> dict[str, Any]:
     """Run the bundle on ``image`` and return (and write) the measurements described above."""
     from fetalcmr.infer import infer
     from fetalcmr.render import overlay_slices
 
     image_path, out = Path(image), Path(out_dir)
-    row = infer(image_path, bundle_dir, out, progress=progress).iloc[0].to_dict()
+    row = infer(image_path, bundle_dir, out, align=align, progress=progress).iloc[0].to_dict()
     vol = load_nifti(image_path)
     labels = np.rint(load_nifti(row["labels"]).array).astype(np.int16)
     organ_map = _organs(organs, image_path, vol.array.shape, vol.affine)
@@ -91,6 +103,7 @@ def real_check(image: str | os.PathLike[str], bundle_dir: str | os.PathLike[str]
         **arch_connectivity(labels), "vessel_volume_mm3": float(vessels.sum() * voxel_mm3),
         "vessel_intensity_rel": all_vessels, "intensity_reference": reference_name,
         "vessel_fraction_in_heart": in_heart,
+        **_alignment(row),
     }
     with atomic_path(out / "realcheck_vessels.csv") as tmp:
         table.to_csv(tmp, index=False)
@@ -114,21 +127,33 @@ def summary(result: dict[str, Any], vessels: pd.DataFrame) -> str:
              f"AO ∪ DAO: {result['arch_pieces']} piece(s), {result['arch_loops']} loop(s); vessels "
              f"{result['vessel_volume_mm3']:.0f} mm³, mean intensity {result['vessel_intensity_rel']:.2f} of the "
              f"{result['intensity_reference']}"
-             + ("" if heart is None else f"; {100 * heart:.1f} % of vessel voxels inside the heart label"), "",
-             vessels.to_markdown(index=False, floatfmt=".3g")]
+             + ("" if heart is None else f"; {100 * heart:.1f} % of vessel voxels inside the heart label"),
+             alignment_line(result), "", vessels.to_markdown(index=False, floatfmt=".3g")]
     return "\n".join(lines) + "\n"
 
 
+def alignment_line(result: dict[str, Any]) -> str:
+    """One sentence on how the volume was placed on the bundle's grid."""
+    if not result["aligned"]:
+        return "Not aligned: the bundle's grid was centred on the volume's centre."
+    return (f"Aligned to the bundle's template in {result['align_seconds']:.1f} s: template axes point "
+            f"{result['align_orientation']} in the volume, scale {result['align_scale']:.2f}, NCC with the "
+            f"template {result['align_ncc_before']:.2f} (centre crop) → {result['align_ncc_after']:.2f}.")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fetalcmr.realcheck INPUT BUNDLE OUT [--organs ORGANS]``."""
+    """``python -m fetalcmr.realcheck INPUT BUNDLE OUT [--organs ORGANS] [--no-align]``."""
     parser = argparse.ArgumentParser(prog="python -m fetalcmr.realcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("image", help="a 3D T2w NIfTI")
     parser.add_argument("bundle", help="a model bundle folder (fetalcmr export)")
     parser.add_argument("out", help="output folder")
     parser.add_argument("--organs", help="organ labels on the image's grid (1 heart, 2/3 lungs)")
+    parser.add_argument("--no-align", action="store_true",
+                        help="no alignment to the bundle's template: centre the bundle's grid on the volume "
+                             "(for volumes already cropped as in training)")
     args = parser.parse_args(argv)
     try:
-        result = real_check(args.image, args.bundle, args.out, organs=args.organs)
+        result = real_check(args.image, args.bundle, args.out, organs=args.organs, align=not args.no_align)
     except DataError as err:
         print(f"realcheck: {err}", file=sys.stderr)
         return 2

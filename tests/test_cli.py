@@ -25,3 +25,21 @@ def test_validate_ok_and_bad(tiny_dataset: Path, capsys: pytest.CaptureFixture[s
     assert main(["validate", str(tiny_dataset)]) == 2
     assert f"{tiny_dataset.resolve()}: not valid JSON" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize(("flags", "align"), [([], True), (["--no-align"], False)])
+def test_infer_aligns_unless_told_not_to(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: list[str],
+                                         align: bool) -> None:
+    import pandas as pd
+
+    import fetalcmr.infer
+
+    seen = {}
+
+    def fake_infer(source, bundle, out, *, align: bool = True, progress: bool = True) -> pd.DataFrame:
+        seen.update(source=source, align=align)
+        return pd.DataFrame()
+
+    monkeypatch.setattr(fetalcmr.infer, "infer", fake_infer)
+    assert main(["infer", str(tmp_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "o"), *flags]) == 0
+    assert seen == {"source": str(tmp_path), "align": align}

@@ -13,6 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from fetalcmr.anatomy import CLASSES, LABELS
 from fetalcmr.bundle import BUNDLE_FILE, BundleError, export_bundle, load_bundle
@@ -31,10 +32,12 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[torch
     prof = get_profile("smoke")
     torch.manual_seed(0)
     members = [build_joint(prof.segmenter, prof.classifier, KIND) for _ in range(2)]
+    template = _volume(tmp_path_factory.mktemp("template") / "template.nii.gz", shape=(24, 24, 24),
+                       spacing=(2.0, 2.0, 2.0))
     folder = export_bundle(tmp_path_factory.mktemp("bundle"), members, segmenter=prof.segmenter,
                            classifier=prof.classifier, kind=KIND, grid=prof.cohort.grid,
                            spacing_mm=prof.cohort.spacing_mm, labels=dict(LABELS), classes=dict(CLASSES),
-                           provenance={"test": True})
+                           provenance={"test": True}, template=template)
     return folder, members
 
 
@@ -85,8 +88,9 @@ def _copy_bundle(src: Path, dst: Path) -> Path:
         (lambda i: i["versions"].update(fetalcmr="9.9.0"), "made with fetalcmr 9.9.0"),
         (lambda i: i["versions"].update(monai="0.1.0"), "made with monai 0.1.0"),
         (lambda i: i["members"][0].update(segmenter_sha256="0" * 16), "checksum differs"),
+        (lambda i: i["template"].update(sha256="0" * 16), "template.nii.gz: checksum differs"),
     ],
-    ids=["format", "fetalcmr-version", "monai-version", "checksum"],
+    ids=["format", "fetalcmr-version", "monai-version", "checksum", "template-checksum"],
 )
 def test_bundle_refused_when_it_does_not_match(bundle_dir: Path, tmp_path: Path, edit, message: str) -> None:
     copy = _copy_bundle(bundle_dir, tmp_path / "b")
@@ -141,7 +145,7 @@ def test_labels_land_where_the_anatomy_is_in_the_inputs_grid(bundle_dir: Path, t
         return lab, np.array([0.2, 0.3, 0.5]), 2
 
     monkeypatch.setattr(infer_mod, "predict", by_brightness)
-    infer(path, bundle_dir, tmp_path / "out", progress=False)
+    infer(path, bundle_dir, tmp_path / "out", align=False, progress=False)
     grid = get_profile("smoke").cohort.grid
     assert seen == [(grid,) * 3]
     written = nib.load(str(tmp_path / "out" / "blobs_labels.nii.gz"))
@@ -284,3 +288,44 @@ def test_export_copies_a_loadable_bundle_and_refuses_a_broken_one(bundle_dir: Pa
     (run / "models" / "bundle" / "member0_classifier.pt").write_bytes(b"broken")
     assert cli_main(["export", "--run-dir", str(run), "--out", str(tmp_path / "again")]) == 3
     assert not (tmp_path / "again").exists()
+
+
+def test_infer_cleans_as_the_bundle_says_and_flags_rule_disagreement(
+        exported: tuple[Path, list[torch.nn.Module]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bundle's post-processing is applied before writing; the topology rule's class sits beside
+    the network's and a disagreement asks for review."""
+    import fetalcmr.infer as infer_mod
+    from fetalcmr.anatomy import LABEL_INDEX
+    from fetalcmr.postprocess import PostProcessing
+
+    _, members = exported
+    prof = get_profile("smoke")
+    ao = LABEL_INDEX["AO"]
+    folders = {}
+    for name, post in (("clean", PostProcessing((ao,))), ("raw", None)):
+        folders[name] = export_bundle(
+            tmp_path / name, members, segmenter=prof.segmenter, classifier=prof.classifier, kind=KIND,
+            grid=prof.cohort.grid, spacing_mm=prof.cohort.spacing_mm, labels=dict(LABELS), classes=dict(CLASSES),
+            provenance={}, template=_volume(tmp_path / f"tpl_{name}.nii.gz", shape=(24, 24, 24),
+                                            spacing=(2.0, 2.0, 2.0)), postprocessing=post)
+    assert load_bundle(folders["clean"]).postprocessing.labels == (ao,)
+    assert load_bundle(folders["raw"]).postprocessing == PostProcessing()
+
+    def ring_and_speck(bundle: object, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        lab = np.zeros(image.shape, np.uint8)
+        c = image.shape[0] // 2
+        lab[c - 8:c + 8, c - 8:c + 8, c - 1:c + 2] = ao  # a square ring of aorta: the rule says DAA
+        lab[c - 5:c + 5, c - 5:c + 5, c - 1:c + 2] = 0
+        lab[c + 13:c + 16, c - 1:c + 2, c - 1:c + 2] = ao  # a stray speck of aorta, apart from the ring
+        return lab, np.array([0.6, 0.3, 0.1]), 0  # the network says CoA
+
+    monkeypatch.setattr(infer_mod, "predict", ring_and_speck)
+    src = _volume(tmp_path / "case.nii.gz")
+    counts = {}
+    for name, folder in folders.items():
+        table = infer(src, folder, tmp_path / f"out_{name}", align=False, progress=False)
+        row = table.iloc[0]
+        assert row["rule_class"] == "DAA" and "ring" in row["rule_reason"] and bool(row["review"])
+        written = np.asarray(nib.load(str(tmp_path / f"out_{name}" / "case_labels.nii.gz")).dataobj)
+        counts[name] = int(ndimage.label(written == ao, structure=np.ones((3, 3, 3)))[1])
+    assert counts == {"clean": 1, "raw": 2}  # the speck is gone only where the bundle chose the clean-up

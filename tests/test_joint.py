@@ -243,3 +243,25 @@ def test_verdict_states_reproduced_only_with_significant_daa_gain() -> None:
     assert "DAA cases was NOT reproduced" in text and "not significantly different" in text
     comparison.loc[1, "balanced_accuracy"] = 0.6
     assert "NOT kept" in verdict(comparison, tests)
+
+
+def test_bundle_postprocessing_is_chosen_on_validation_lp(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ensemble's validation maps are judged against the propagated labels: a label whose stray
+    pieces the LP does not have is cleaned, one whose second piece the LP has is left alone."""
+    import fetalcmr.joint as joint_mod
+    from fetalcmr.predict import VolumePrediction
+
+    g = 16
+    lp = np.zeros((g, g, g), np.uint8)
+    lp[2:6, 2:6, 2:6] = 1
+    lp[10:14, 10:14, 10:14] = 2
+    lp[2:5, 11:14, 11:14] = 2  # label 2 truly has two pieces
+    pred = lp.copy()
+    pred[12:14, 2:4, 2:4] = 1  # a stray piece of label 1
+    soft = np.stack([(pred == k).astype(np.float32) for k in range(3)])
+
+    monkeypatch.setattr(joint_mod, "predict_volume", lambda model, image: VolumePrediction(soft, None))
+    val = [{"image": np.zeros((1, g, g, g), np.float32), "lp": lp[None], "gt": None}]
+    choice = joint_mod.ensemble_postprocessing([torch.nn.Identity()], val, {0: "bg", 1: "one", 2: "two"})
+    assert 1 in choice.labels and 2 not in choice.labels
+    assert joint_mod.ensemble_postprocessing([torch.nn.Identity()], [], {1: "one"}).labels == ()

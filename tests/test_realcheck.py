@@ -25,13 +25,18 @@ REAL = Path(__file__).resolve().parents[2] / "shared" / "real"
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-member smoke bundle whose template is another generated CoA subject on the bundle's grid."""
     prof = get_profile("smoke")
     torch.manual_seed(0)
     members = [build_joint(prof.segmenter, prof.classifier, "softmax+image")]
+    atlas = generate_subject(0, seed=1, grid=prof.cohort.grid, spacing_mm=prof.cohort.spacing_mm)
+    template = tmp_path_factory.mktemp("template") / "template.nii.gz"
+    nib.save(nib.Nifti1Image(atlas.image.astype(np.float32), np.diag([prof.cohort.spacing_mm] * 3 + [1.0])),
+             str(template))
     return export_bundle(tmp_path_factory.mktemp("bundle"), members, segmenter=prof.segmenter,
                          classifier=prof.classifier, kind="softmax+image", grid=prof.cohort.grid,
                          spacing_mm=prof.cohort.spacing_mm, labels=dict(LABELS), classes=dict(CLASSES),
-                         provenance={"test": True})
+                         provenance={"test": True}, template=template)
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +75,18 @@ def test_measurements_match_an_independent_count(bundle: Path, embedded: tuple[P
     assert table["voxels"].sum() == vessels.sum()
     assert json.loads((tmp_path / "realcheck.json").read_text())["class"] == result["class"]
     assert (tmp_path / "realcheck_overlay.png").stat().st_size > 10_000
+    # aligned to the template (another subject): the pose is reported and beats the centre crop
+    assert result["aligned"] and result["align_orientation"] == "RAS"
+    assert result["align_ncc_after"] > result["align_ncc_before"] and np.shape(result["align_matrix"]) == (4, 4)
+    assert "Aligned to the bundle's template" in (tmp_path / "realcheck.md").read_text()
+
+
+def test_no_align_flag_centres_the_grid(bundle: Path, embedded: tuple[Path, Path], tmp_path: Path) -> None:
+    image_path, organs_path = embedded
+    assert main([str(image_path), str(bundle), str(tmp_path), "--organs", str(organs_path), "--no-align"]) == 0
+    result = json.loads((tmp_path / "realcheck.json").read_text())
+    assert result["aligned"] is False and "align_matrix" not in result
+    assert "Not aligned" in (tmp_path / "realcheck.md").read_text()
 
 
 def test_vessel_table_and_arch_connectivity_on_known_maps() -> None:
