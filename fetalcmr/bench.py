@@ -118,7 +118,7 @@ def bench_render(work: Path) -> list[Row]:
         plt.close(fig)
 
     per = max(timed(lambda s=s: render(s.gt))[0] for s in subjects)
-    n_test = round(cfg.n_subjects * cfg.split_fractions[2])
+    n_test = cfg.n_testing()
     cases = [{"id": f"case-{i:03d}", "labelmaps": {m: subjects[i % 3].gt for m in ("truth", "LP", "separate", "joint")},
               "spacing_mm": spacing} for i in range(n_test)]
     gallery = timed(lambda: write_gallery(work / "gallery", cases))[0]
