@@ -32,10 +32,10 @@ def test_every_step_has_a_row_built_from_its_tables(tables: Path) -> None:
 def test_a_changed_table_cell_changes_the_block(tables: Path) -> None:
     before = results.render_results_block(tables)
     bacc = pd.read_csv(tables / "tab03_balanced_accuracy.csv")
-    bacc.loc[bacc["input"] == "softmax+image", "balanced_accuracy"] = "0.97 (0.01)"
+    bacc.loc[bacc["input"] == "softmax+image", "bacc_ci95"] = "0.97 [0.95, 0.99]"
     bacc.to_csv(tables / "tab03_balanced_accuracy.csv", index=False)
     after = results.render_results_block(tables)
-    assert after != before and "softmax+image 0.97 (0.01)" in after
+    assert after != before and "softmax+image 0.97 [0.95, 0.99]" in after
 
 
 def test_a_step_without_its_tables_is_left_out(tables: Path) -> None:
