@@ -153,5 +153,6 @@ def test_layering_check_names_a_stage_that_imports_its_report(package_copy: Path
     _edit(package_copy / "losses.py", "from __future__ import annotations\n",
           "from __future__ import annotations\n\nfrom fetalcmr.curves import plot_history  # noqa: F401\n")
     violations = _layer_violations(package_copy)
-    assert set(violations) == {"fetalcmr.segmentation", "fetalcmr.classification", "fetalcmr.joint"}
+    # review reads the classification and segmentation stages (load_*), so it reaches losses too
+    assert set(violations) == {"fetalcmr.segmentation", "fetalcmr.classification", "fetalcmr.joint", "fetalcmr.review"}
     assert all("fetalcmr.curves" in reached for reached in violations.values())

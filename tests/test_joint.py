@@ -92,7 +92,7 @@ def test_joint_pair_starts_from_the_given_weights() -> None:
         torch.testing.assert_close(pair(x)[1], expected)
     # without weights (a bundle loads them afterwards): freshly initialised, reading the given input kind
     fresh = build_joint(SEG, CLS, "image")
-    assert fresh.classifier[0].kind == "image" and fresh.with_image
+    assert fresh.classifier[1].kind == "image" and fresh.with_image
     assert any(not torch.equal(a, b) for a, b in zip(seg.state_dict().values(), fresh.segmenter.state_dict().values(),
                                                       strict=True))
 
