@@ -41,7 +41,15 @@ from fetalcmr.cache import code_version, content_key, mark_fresh
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import make_classifier
 from fetalcmr.paths import RunPaths
-from fetalcmr.predict import SOFTMAX_DONE, load_softmax, predict_volume, save_softmax, softmax_file
+from fetalcmr.predict import (
+    SOFTMAX_DONE,
+    SOFTMAX_FORMAT,
+    load_softmax,
+    predict_volume,
+    quantise_softmax,
+    save_softmax,
+    softmax_file,
+)
 from fetalcmr.segmentation import METHOD as SEGMENTER_METHOD
 from fetalcmr.segmentation import SegmentationOutputs
 from fetalcmr.train import TrainConfig, TrainResult, load_checkpoint, read_history, train
@@ -231,11 +239,11 @@ def segmenter_softmax(segmenter: nn.Module, samples: Sequence[Mapping[str, Any]]
                       progress: bool = True) -> dict[str, np.ndarray]:
     """Return ``{id: softmax [12, grid³] float32}`` of the frozen ``segmenter`` on each sample's image.
 
-    The softmax is rounded to float16 on the sample's grid before pooling, as notebook 02's stored
-    files are (:func:`fetalcmr.predict.save_softmax`), so the classifier inputs are the same bits
+    The softmax is quantised on the sample's grid before pooling, as notebook 02's stored files
+    are (:func:`fetalcmr.predict.quantise_softmax`), so the classifier inputs are the same bits
     whether :func:`prepare_classification` computes the softmax or reads notebook 02's files.
     """
-    return {str(s["id"]): pool_to(predict_volume(segmenter, s["image"]).softmax.astype(np.float16), grid)
+    return {str(s["id"]): pool_to(quantise_softmax(predict_volume(segmenter, s["image"]).softmax), grid)
             for s in tqdm(samples, desc="segmenter softmax", disable=not progress, leave=False)}
 
 
@@ -299,7 +307,7 @@ def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, seg
     (segmenter, subjects, grids) in the folder ``cache_dir/softmax_<key>/`` (one file per subject,
     :mod:`fetalcmr.predict`'s format). It is read from ``softmax_dir`` (written by notebook 02
     for the same segmenter, completed by its ``done.json``) when every subject is there, else
-    computed here. The samples are always built from the stored (float16) files, so a first run
+    computed here. The samples are always built from the stored (quantised) files, so a first run
     and a cached run give the classifiers the same inputs.
     """
     from fetalcmr.data import make_samples
@@ -307,7 +315,7 @@ def prepare_classification(data: Mapping[str, Any], segmenter: nn.Module, *, seg
 
     items = {split: list(data.get(split) or []) for split in SPLITS}
     raw = {split: make_samples(v, ("image", "label"), grid=grid, spacing_mm=spacing_mm) for split, v in items.items()}
-    key = content_key("softmax", segmenter_key, cfg.grid, grid, spacing_mm,
+    key = content_key("softmax", SOFTMAX_FORMAT, segmenter_key, cfg.grid, grid, spacing_mm,
                       {split: [s["id"] for s in v] for split, v in raw.items()})
     cache = Path(cache_dir) / f"softmax_{key}"
     everyone = [s for v in raw.values() for s in v]

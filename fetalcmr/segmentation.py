@@ -44,7 +44,7 @@ from fetalcmr.io import load_nifti, save_nifti
 from fetalcmr.methods import get
 from fetalcmr.models import make_segmenter
 from fetalcmr.paths import RunPaths, outputs_record
-from fetalcmr.predict import SOFTMAX_DONE, predict_volume, save_softmax, softmax_file
+from fetalcmr.predict import SOFTMAX_DONE, SOFTMAX_FORMAT, predict_volume, save_softmax, softmax_file
 from fetalcmr.train import TrainConfig, TrainResult, train
 
 #: The notebook whose methods these are (:func:`fetalcmr.methods.methods_of`).
@@ -315,7 +315,7 @@ def run_segmentation(data: Mapping[str, Any], cfg: SegmenterConfig, *, models_di
         record = softmax_dir / SOFTMAX_DONE
         from fetalcmr.cache import is_fresh, mark_fresh
 
-        key = content_key("softmax", runs.keys[METHOD], [it["id"] for it in all_items])
+        key = content_key("softmax", SOFTMAX_FORMAT, runs.keys[METHOD], [it["id"] for it in all_items])
         if not is_fresh(record, key):
             save_softmax_files(runs.results[METHOD].model,
                                make_samples(all_items, ("image",), grid=grid, spacing_mm=spacing_mm), softmax_dir,

@@ -21,7 +21,7 @@ import fetalcmr
 from fetalcmr.classification import INPUT_KINDS, classification_samples, predict_probs, train_classifier
 from fetalcmr.config import get_profile
 from fetalcmr.models import make_segmenter
-from fetalcmr.predict import predict_volume
+from fetalcmr.predict import predict_volume, quantise_softmax
 from fetalcmr.train import THREADS_ENV, TrainConfig, available_cores, cpu_threads, seed_everything, train
 
 
@@ -42,7 +42,7 @@ def train_all(out_dir: str) -> dict[str, object]:
             raw[split].append({"id": sid, "image": rng.random((1, grid, grid, grid), dtype=np.float32),
                                "label": i % 3})
             dirichlet = rng.dirichlet(np.ones(12), size=(grid,) * 3).transpose(3, 0, 1, 2)
-            soft[sid] = dirichlet.astype(np.float16).astype(np.float32)
+            soft[sid] = quantise_softmax(dirichlet)
     samples = {k: classification_samples(v, soft, grid=grid) for k, v in raw.items()}
     result: dict[str, object] = {}
     for kind in INPUT_KINDS:

@@ -15,7 +15,14 @@ from hypothesis import strategies as st
 from fetalcmr.classification import build_classifier
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import JointNet, make_segmenter
-from fetalcmr.predict import VolumePrediction, load_softmax, predict_volume, save_softmax, softmax_file
+from fetalcmr.predict import (
+    VolumePrediction,
+    load_softmax,
+    predict_volume,
+    quantise_softmax,
+    save_softmax,
+    softmax_file,
+)
 
 SEG = SegmenterConfig(channels=(2, 4, 4), strides=(2, 2), dropout=0.0)  # divisor 4
 CLS = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), grid=8, dropout=0.0)
@@ -71,7 +78,7 @@ def test_prediction_needs_one_channel_first_volume() -> None:
         predict_volume(_segmenter(), np.zeros((1, 1, 8, 8, 8), np.float32))
 
 
-def test_softmax_file_round_trip_keeps_float16_values_and_affine(tmp_path: Path) -> None:
+def test_softmax_file_round_trip_keeps_quantised_values_and_affine(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     soft = torch.softmax(torch.from_numpy(rng.normal(size=(12, 5, 6, 7))), 0).numpy().astype(np.float32)
     affine = np.diag([1.5, 1.5, 1.5, 1.0])
@@ -80,11 +87,19 @@ def test_softmax_file_round_trip_keeps_float16_values_and_affine(tmp_path: Path)
     save_softmax(path, soft, affine)
     back = load_softmax(path)
     assert back.dtype == np.float32 and back.shape == soft.shape
-    np.testing.assert_array_equal(back, soft.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(back, quantise_softmax(soft))
+    assert np.abs(back - soft).max() <= 0.5 / 255 + 1e-7
+    np.testing.assert_array_equal(quantise_softmax(back), back)  # quantising twice changes nothing
     with np.load(path) as z:
-        assert sorted(z.files) == ["affine", "softmax"] and z["softmax"].dtype == np.float16
+        assert sorted(z.files) == ["affine", "softmax_u8"] and z["softmax_u8"].dtype == np.uint8
         np.testing.assert_array_equal(z["affine"], affine)
     save_softmax(path, soft)  # no affine: the softmax alone, the file replaced
     with np.load(path) as z:
-        assert z.files == ["softmax"]
+        assert z.files == ["softmax_u8"]
     assert [p.name for p in path.parent.iterdir()] == ["sub-001.npz"]  # no temporary file left
+
+
+def test_softmax_files_of_the_earlier_float16_format_still_load(tmp_path: Path) -> None:
+    soft = np.full((12, 2, 2, 2), 1 / 12, np.float32)
+    np.savez_compressed(tmp_path / "old.npz", softmax=soft.astype(np.float16))
+    np.testing.assert_array_equal(load_softmax(tmp_path / "old.npz"), soft.astype(np.float16).astype(np.float32))

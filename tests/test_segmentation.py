@@ -59,12 +59,12 @@ def test_four_methods_end_to_end(tmp_path: Path) -> None:
     # the oracle LP of the toy data is gt shifted by one voxel: known Dice per tube (3x3 cross-section)
     ao = per_label[(per_label["method"] == "lp") & (per_label["name"] == "AO")]["dice"]
     assert np.allclose(ao, 2 / 3)
-    # softmax of (c) saved for every subject, float16, sums to one
+    # softmax of (c) saved for every subject, quantised to 1/255, sums to one
     n_all = sum(len(data[s]) for s in ("training", "validation", "testing"))
     files = sorted(stage.softmax_dir.glob("*.npz"))
     assert len(files) == n_all
     soft = load_softmax(files[0])
-    assert soft.shape == (12, 16, 16, 16) and np.allclose(soft.sum(0), 1, atol=1e-2)
+    assert soft.shape == (12, 16, 16, 16) and np.allclose(soft.sum(0), 1, atol=12 / 510)
     checkpoint = stage.checkpoints["net_lp_manual"]
     assert checkpoint == method_checkpoint(dirs["models"]) == dirs["models"] / "segmenter_c" / "best.pt"
     assert "model" in load_checkpoint(checkpoint) and set(stage.histories) == set(stage.checkpoints)
