@@ -22,6 +22,7 @@ stage leaves in a run folder is :class:`ClassificationOutputs` (:func:`run_class
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -40,6 +41,7 @@ from fetalcmr.anatomy import CLASSES, LABEL_INDEX, N_LABELS
 from fetalcmr.cache import code_version, content_key, mark_fresh
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import make_classifier
+from fetalcmr.parallel import TrainJob, train_runs
 from fetalcmr.paths import RunPaths
 from fetalcmr.predict import (
     SOFTMAX_DONE,
@@ -344,14 +346,25 @@ def train_config(cfg: ClassifierConfig, seed: int) -> TrainConfig:
                        weight_decay=cfg.weight_decay, aug_prob=cfg.aug_prob, seed=seed, balanced=True)
 
 
+def classifier_job(cfg: ClassifierConfig, kind: str, train_samples: Sequence[dict[str, Any]],
+                   out_dir: str | os.PathLike[str], *, seed: int, data_key: str = "", train_set: str = "training",
+                   val_set: str = "validation") -> TrainJob:
+    """Return the training run of the classifier for input ``kind`` and ``seed`` as a
+    :class:`~fetalcmr.parallel.TrainJob` reading the named sample sets."""
+    run_key = content_key("classifier", kind, dataclasses.asdict(cfg), data_key, [s["id"] for s in train_samples],
+                          code_version(__name__))
+    return TrainJob(functools.partial(build_classifier, cfg, kind), train_set, val_set, train_config(cfg, seed),
+                    Path(out_dir), run_key)
+
+
 def train_classifier(cfg: ClassifierConfig, kind: str, train_samples: Sequence[dict[str, Any]],
                      val_samples: Sequence[dict[str, Any]], out_dir: str | os.PathLike[str], *, seed: int,
                      data_key: str = "", progress: bool = True) -> TrainResult:
-    """Return the trained classifier for input ``kind`` (resumes or loads a finished run)."""
-    run_key = content_key("classifier", kind, dataclasses.asdict(cfg), data_key, [s["id"] for s in train_samples],
-                          code_version(__name__))
-    return train(lambda: build_classifier(cfg, kind), train_samples, val_samples, train_config(cfg, seed),
-                 out_dir, run_key=run_key, progress=progress)
+    """Return the trained classifier for input ``kind`` (resumes or loads a finished run), trained
+    here on the current torch threads."""
+    job = classifier_job(cfg, kind, train_samples, out_dir, seed=seed, data_key=data_key)
+    return train(job.make_model, train_samples, val_samples, job.cfg, job.out_dir, run_key=job.run_key,
+                 progress=progress)
 
 
 @torch.no_grad()
@@ -412,22 +425,25 @@ def run_experiments(cfg: ClassifierConfig, train_samples: Sequence[dict[str, Any
                     progress: bool = True) -> list[ClassificationRun]:
     """Return one :class:`ClassificationRun` per input type and seed, trained on the same split.
 
-    Runs live in ``out_dir/<kind>/seed<k>``; finished runs are loaded, not retrained. The
+    Runs live in ``out_dir/<kind>/seed<k>``; finished runs are loaded, not retrained; the runs go
+    to parallel single-thread processes (:func:`fetalcmr.parallel.train_runs`). The
     training time is the engine's recorded wall time of the epochs (so it survives reloading).
     """
     out_dir = Path(out_dir)
+    plan = [(kind, seed) for kind in kinds for seed in (cfg.seeds if seeds is None else seeds)]
+    jobs = [classifier_job(cfg, kind, train_samples, run_dir(out_dir, kind, seed), seed=seed, data_key=data_key)
+            for kind, seed in plan]
+    results = train_runs(jobs, {"training": train_samples, "validation": val_samples}, desc="classifier runs",
+                         progress=progress)
     runs = []
-    for kind in kinds:
-        for seed in (cfg.seeds if seeds is None else seeds):
-            res = train_classifier(cfg, kind, train_samples, val_samples, run_dir(out_dir, kind, seed), seed=seed,
-                                   data_key=data_key, progress=progress)
-            t0 = time.perf_counter()
-            probs = predict_probs(res.model, test_samples)
-            infer = (time.perf_counter() - t0) / max(len(test_samples), 1)
-            preds = prediction_frame([s["id"] for s in test_samples], [s["label"] for s in test_samples],
-                                     probs, kind=kind, seed=seed)
-            seconds = float(res.history["seconds"].sum()) if "seconds" in res.history else float("nan")
-            runs.append(ClassificationRun(kind, seed, preds, res.history, seconds, infer, res.out_dir, res.model))
+    for (kind, seed), res in zip(plan, results, strict=True):
+        t0 = time.perf_counter()
+        probs = predict_probs(res.model, test_samples)
+        infer = (time.perf_counter() - t0) / max(len(test_samples), 1)
+        preds = prediction_frame([s["id"] for s in test_samples], [s["label"] for s in test_samples],
+                                 probs, kind=kind, seed=seed)
+        seconds = float(res.history["seconds"].sum()) if "seconds" in res.history else float("nan")
+        runs.append(ClassificationRun(kind, seed, preds, res.history, seconds, infer, res.out_dir, res.model))
     return runs
 
 

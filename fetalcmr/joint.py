@@ -16,6 +16,7 @@ stage leaves in a run folder is :class:`JointOutputs` (:func:`run_joint`, :func:
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ from fetalcmr.losses import binary_weight_at
 from fetalcmr.methods import get, methods_of
 from fetalcmr.metrics import dice_per_label, evaluate_segmentation
 from fetalcmr.models import JointNet, make_segmenter
+from fetalcmr.parallel import TrainJob, train_runs
 from fetalcmr.paths import RunPaths
 from fetalcmr.postprocess import PostProcessing, choose_postprocessing
 from fetalcmr.predict import predict_volume
@@ -101,16 +103,22 @@ def joint_train_config(jcfg: JointConfig, seg_cfg: SegmenterConfig, *, lam: floa
                        select="last")
 
 
+def fine_tune_job(factory: Callable[[], nn.Module], train_samples: Sequence[dict[str, Any]], cfg: TrainConfig,
+                  out_dir: str | os.PathLike[str], *, start_key: str, train_set: str = "training",
+                  val_set: str = "validation") -> TrainJob:
+    """Return one fine-tuning run as a :class:`~fetalcmr.parallel.TrainJob` (``factory`` picklable,
+    e.g. a :func:`functools.partial` of :func:`build_joint`); ``start_key`` identifies the starting
+    weights (e.g. digests of the separate checkpoints)."""
+    run_key = content_key("joint", start_key, [s["id"] for s in train_samples], code_version(__name__))
+    return TrainJob(factory, train_set, val_set, cfg, Path(out_dir), run_key)
+
+
 def fine_tune(factory: Callable[[], nn.Module], train_samples: Sequence[dict[str, Any]],
               val_samples: Sequence[dict[str, Any]], cfg: TrainConfig, out_dir: str | os.PathLike[str], *,
               start_key: str, progress: bool = True) -> TrainResult:
-    """Return the fine-tuned pair (the engine resumes, or loads a finished run with the same inputs).
-
-    ``start_key`` identifies the starting weights (e.g. digests of the separate checkpoints).
-    """
-    run_key = content_key("joint", start_key, [s["id"] for s in train_samples],
-                          code_version(__name__))
-    return train(factory, train_samples, val_samples, cfg, out_dir, run_key=run_key, progress=progress)
+    """Return the fine-tuned pair, trained here (the engine resumes, or loads a finished run with the same inputs)."""
+    job = fine_tune_job(factory, train_samples, cfg, out_dir, start_key=start_key)
+    return train(factory, train_samples, val_samples, cfg, out_dir, run_key=job.run_key, progress=progress)
 
 
 def stratified_subset(samples: Sequence[dict[str, Any]], n: int | None, seed: int = 0) -> list[dict[str, Any]]:
@@ -273,26 +281,27 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
     out_dir, results_dir = Path(out_dir), Path(results_dir)
     train_s, val_s, test_s = samples["training"], samples["validation"], samples["testing"]
 
-    def factory(cls_seed: int) -> Callable[[], nn.Module]:
-        return lambda: build_joint(seg_cfg, cls_cfg, seg_state=seg_state, cls_state=cls_states[cls_seed])
+    def factory(cls_seed: int) -> Callable[[], JointNet]:
+        return functools.partial(build_joint, seg_cfg, cls_cfg, seg_state=seg_state, cls_state=cls_states[cls_seed])
 
     def key(cls_seed: int) -> str:
         return content_key(seg_key, cls_keys[cls_seed])
 
     main = seeds[0]
-    runs: dict[str, TrainResult] = {}
-    plan: list[tuple[str, int, float, int, Sequence[dict], Sequence[dict]]] = [
-        ("joint", main, jcfg.lam, jcfg.epochs, train_s, val_s),
-        ("lambda0", main, 0.0, jcfg.epochs, train_s, val_s),
-        *[(f"joint_seed{s}", s, jcfg.lam, jcfg.epochs, train_s, val_s) for s in seeds[1:]],
+    plan: list[tuple[str, int, float, int, str, str]] = [
+        ("joint", main, jcfg.lam, jcfg.epochs, "training", "validation"),
+        ("lambda0", main, 0.0, jcfg.epochs, "training", "validation"),
+        *[(f"joint_seed{s}", s, jcfg.lam, jcfg.epochs, "training", "validation") for s in seeds[1:]],
     ]
-    subset = stratified_subset(train_s, jcfg.sweep_subjects, seed=main)
+    shared = {"training": train_s, "validation": val_s, "sweep": stratified_subset(train_s, jcfg.sweep_subjects,
+                                                                                   seed=main), "none": []}
     sweep_methods = {float(lam): f"sweep_{lam:g}" for lam in jcfg.lambda_sweep}
-    plan += [(name, main, lam, jcfg.sweep_epochs, subset, []) for lam, name in sweep_methods.items()]
-    for name, cls_seed, lam, epochs, tr, va in tqdm(plan, desc="joint runs", disable=not progress):
-        cfg = joint_train_config(jcfg, seg_cfg, lam=lam, epochs=epochs, seed=cls_seed)
-        runs[name] = fine_tune(factory(cls_seed), tr, va, cfg, joint_run_dir(out_dir, name), start_key=key(cls_seed),
-                               progress=progress)
+    plan += [(name, main, lam, jcfg.sweep_epochs, "sweep", "none") for lam, name in sweep_methods.items()]
+    jobs = [fine_tune_job(factory(cls_seed), shared[tr],
+                          joint_train_config(jcfg, seg_cfg, lam=lam, epochs=epochs, seed=cls_seed),
+                          joint_run_dir(out_dir, name), start_key=key(cls_seed), train_set=tr, val_set=va)
+            for name, cls_seed, lam, epochs, tr, va in plan]
+    runs = dict(zip([p[0] for p in plan], train_runs(jobs, shared, desc="joint runs", progress=progress), strict=True))
     seconds = {n: float(r.history["seconds"].sum()) if "seconds" in r.history else float("nan")
                for n, r in runs.items()}
 

@@ -215,15 +215,15 @@ def validation_pairs(softmax_dir: str | Path, items: Sequence[Mapping[str, Any]]
     the reference is the item's propagated labels ``lp`` on the softmax's grid (weak supervision:
     never ``gt``). Items without either are skipped.
     """
-    from fetalcmr.predict import softmax_file
+    from fetalcmr.predict import load_softmax, softmax_file
 
     preds, refs, ids = [], [], []
     for item in items:
         path = softmax_file(softmax_dir, str(item["id"]))
         if not item.get("lp") or not path.exists():
             continue
+        pred = np.argmax(load_softmax(path), axis=0).astype(np.uint8)
         with np.load(path) as z:
-            pred = np.argmax(z["softmax"], axis=0).astype(np.uint8)
             affine = z["affine"]
         preds.append(pred)
         refs.append(_labels(resample_labels(load_nifti(item["lp"]), affine, pred.shape)))

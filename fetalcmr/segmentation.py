@@ -23,6 +23,7 @@ run folder is :class:`SegmentationOutputs` (:func:`run_segmentation`, :func:`loa
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -43,9 +44,10 @@ from fetalcmr.dataset import training_view
 from fetalcmr.io import load_nifti, save_nifti
 from fetalcmr.methods import get
 from fetalcmr.models import make_segmenter
+from fetalcmr.parallel import TrainJob, train_runs
 from fetalcmr.paths import RunPaths, outputs_record
 from fetalcmr.predict import SOFTMAX_DONE, SOFTMAX_FORMAT, predict_volume, save_softmax, softmax_file
-from fetalcmr.train import TrainConfig, TrainResult, train
+from fetalcmr.train import TrainConfig, TrainResult
 
 #: The notebook whose methods these are (:func:`fetalcmr.methods.methods_of`).
 STAGE = "02_segmentation"
@@ -112,20 +114,22 @@ def train_segmenters(data: Mapping[str, Any], cfg: SegmenterConfig, models_dir: 
     """Train (or reuse, or resume) the networks of ``methods`` (ids) on the training split of ``data``.
 
     The cache key names a network by its letter, so runs trained before the registry stay valid.
+    The networks train in parallel single-thread processes (:func:`fetalcmr.parallel.train_runs`).
     """
     keys = ("image", "lp", "binary", "label")
     train_samples = make_samples(data["training"], keys, grid=grid, spacing_mm=spacing_mm)
     val_samples = make_samples(data.get("validation", []) or [], keys, grid=grid, spacing_mm=spacing_mm)
     digest = training_digest(data)
-    results, run_keys = {}, {}
+    jobs = []
     for method in methods:
         tcfg = train_config(cfg, method, seed)
         run_key = content_key("segmenter", get(method).letter, dataclasses.asdict(cfg), tcfg.to_dict(), seed, digest,
                               grid, spacing_mm, code_version(__name__))
-        results[method] = train(lambda: make_segmenter(cfg), train_samples, val_samples, tcfg,
-                                segmenter_dir(models_dir, method), run_key=run_key, progress=progress)
-        run_keys[method] = run_key
-    return SegmenterRuns(results, run_keys)
+        jobs.append(TrainJob(functools.partial(make_segmenter, cfg), "training", "validation", tcfg,
+                             segmenter_dir(models_dir, method), run_key))
+    trained = train_runs(jobs, {"training": train_samples, "validation": val_samples}, desc="segmenters",
+                         progress=progress)
+    return SegmenterRuns(dict(zip(methods, trained, strict=True)), {m: j.run_key for m, j in zip(methods, jobs)})
 
 
 # --------------------------------------------------------------------------------------------

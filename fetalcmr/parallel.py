@@ -1,0 +1,119 @@
+"""Independent training runs in parallel processes, one CPU thread each.
+
+A stage that trains several independent networks (notebook 02's segmenters, notebook 03's
+classifier seeds, notebook 04's fine-tuning runs) hands them to :func:`train_runs` as
+:class:`TrainJob` s. On the CPU they run in :func:`run_workers` spawned processes, **each run on
+one torch thread**, with the samples sent once per process; with one worker they run here, also
+on one thread. Small 3D networks use a second thread poorly (a classifier step at 32³: 0.30 s on
+one thread, 0.28 s on two; two single-thread runs side by side: 0.40 s each), so two runs side
+by side finish about 1.4× sooner. And because every run uses one thread whatever the machine,
+its bits do not depend on the number of cores or workers (the thread count changes the bits of
+training: docs/design.md §6); ``tests/test_parallel.py`` checks one worker against two.
+
+With CUDA the runs stay in this process, on the GPU, one after another.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fetalcmr.train import THREADS_ENV, TrainConfig, TrainResult, available_cores, train
+
+#: environment variable setting the number of parallel training processes (default: the cores)
+WORKERS_ENV = "FETALCMR_WORKERS"
+
+#: samples shared by every job of a worker process (set by :func:`_init_worker`)
+_SHARED: Mapping[str, Sequence[dict[str, Any]]] = {}
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    """One call of :func:`fetalcmr.train.train`, picklable: ``make_model`` is a module-level
+    function or a :func:`functools.partial` of one; ``train_set``/``val_set`` name entries of the
+    samples given to :func:`train_runs`."""
+
+    make_model: Callable[[], nn.Module]
+    train_set: str
+    val_set: str
+    cfg: TrainConfig
+    out_dir: Path
+    run_key: str
+
+
+def run_workers(n_jobs: int) -> int:
+    """Return the processes for ``n_jobs`` runs: ``$FETALCMR_WORKERS`` when set, else the usable
+    cores; 1 with CUDA; never more than the jobs."""
+    if torch.cuda.is_available():
+        return 1
+    value = os.environ.get(WORKERS_ENV, "").strip()
+    if value and (not value.isdigit() or int(value) < 1):
+        raise ValueError(f"{WORKERS_ENV} must be a positive integer, not {value!r}")
+    workers = int(value) if value else available_cores()
+    return max(1, min(workers, n_jobs))
+
+
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """Run the enclosed training on one torch thread (what every worker process does), then restore."""
+    before_env, before_threads = os.environ.get(THREADS_ENV), torch.get_num_threads()
+    os.environ[THREADS_ENV] = "1"
+    try:
+        yield
+    finally:
+        if before_env is None:
+            os.environ.pop(THREADS_ENV, None)
+        else:
+            os.environ[THREADS_ENV] = before_env
+        torch.set_num_threads(before_threads)
+
+
+def _init_worker(samples: Mapping[str, Sequence[dict[str, Any]]]) -> None:
+    global _SHARED
+    os.environ[THREADS_ENV] = "1"
+    torch.set_num_threads(1)
+    _SHARED = samples
+
+
+def _run_job(job: TrainJob, samples: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+             progress: bool = False) -> TrainResult:
+    shared = _SHARED if samples is None else samples
+    return train(job.make_model, shared[job.train_set], shared[job.val_set], job.cfg, job.out_dir,
+                 run_key=job.run_key, progress=progress)
+
+
+def train_runs(jobs: Sequence[TrainJob], samples: Mapping[str, Sequence[dict[str, Any]]], *,
+               workers: int | None = None, desc: str = "training runs", progress: bool = True) -> list[TrainResult]:
+    """Return the :class:`~fetalcmr.train.TrainResult` of every job, in the order of ``jobs``.
+
+    Each run resumes or loads as :func:`~fetalcmr.train.train` does, so an interrupted stage
+    continues where it stopped. ``workers`` defaults to :func:`run_workers`.
+    """
+    missing = {name for job in jobs for name in (job.train_set, job.val_set)} - set(samples)
+    if missing:
+        raise KeyError(f"train_runs: no samples named {sorted(missing)}")
+    workers = run_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
+    if workers == 1 or torch.cuda.is_available():
+        if torch.cuda.is_available():
+            return [_run_job(job, samples, progress) for job in jobs]
+        with one_thread():
+            return [_run_job(job, samples, progress) for job in jobs]
+    results: dict[int, TrainResult] = {}
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(samples,)) as pool, \
+            tqdm(total=len(jobs), desc=f"{desc} ({workers} processes)", disable=not progress) as bar:
+        futures = {pool.submit(_run_job, job): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update()
+    return [results[i] for i in range(len(jobs))]
