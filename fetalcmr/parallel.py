@@ -19,7 +19,7 @@ import contextlib
 import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,10 @@ from fetalcmr.train import THREADS_ENV, TrainConfig, TrainResult, available_core
 #: environment variable setting the number of parallel training processes (default: the cores)
 WORKERS_ENV = "FETALCMR_WORKERS"
 
-#: samples shared by every job of a worker process (set by :func:`_init_worker`)
+#: samples shared by every job of a worker process, and the queue its finished epochs go to
+#: (set by :func:`_init_worker`)
 _SHARED: Mapping[str, Sequence[dict[str, Any]]] = {}
+_EPOCHS: Any = None
 
 
 @dataclass(frozen=True)
@@ -78,18 +80,24 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before_threads)
 
 
-def _init_worker(samples: Mapping[str, Sequence[dict[str, Any]]]) -> None:
-    global _SHARED
+def _init_worker(samples: Mapping[str, Sequence[dict[str, Any]]], epochs: Any) -> None:
+    global _SHARED, _EPOCHS
     os.environ[THREADS_ENV] = "1"
     torch.set_num_threads(1)
-    _SHARED = samples
+    _SHARED, _EPOCHS = samples, epochs
 
 
-def _run_job(job: TrainJob, samples: Mapping[str, Sequence[dict[str, Any]]] | None = None,
+def _run_job(job: TrainJob, index: int = 0, samples: Mapping[str, Sequence[dict[str, Any]]] | None = None,
              progress: bool = False) -> TrainResult:
+    """Train ``job``; in a worker, report every finished epoch as ``(index, epochs done, row)``."""
     shared = _SHARED if samples is None else samples
+    queue = _EPOCHS if samples is None else None
+
+    def report(epoch: int, row: dict[str, Any]) -> None:
+        queue.put((index, epoch, float(row.get("train_loss", float("nan")))))
+
     return train(job.make_model, shared[job.train_set], shared[job.val_set], job.cfg, job.out_dir,
-                 run_key=job.run_key, progress=progress)
+                 run_key=job.run_key, progress=progress, callback=report if queue is not None else None)
 
 
 def train_runs(jobs: Sequence[TrainJob], samples: Mapping[str, Sequence[dict[str, Any]]], *,
@@ -97,7 +105,9 @@ def train_runs(jobs: Sequence[TrainJob], samples: Mapping[str, Sequence[dict[str
     """Return the :class:`~fetalcmr.train.TrainResult` of every job, in the order of ``jobs``.
 
     Each run resumes or loads as :func:`~fetalcmr.train.train` does, so an interrupted stage
-    continues where it stopped. ``workers`` defaults to :func:`run_workers`.
+    continues where it stopped. ``workers`` defaults to :func:`run_workers`. With workers, one
+    progress bar counts the epochs of all runs (each run's epochs arrive through a queue); here,
+    each run shows its own bar.
     """
     missing = {name for job in jobs for name in (job.train_set, job.val_set)} - set(samples)
     if missing:
@@ -105,15 +115,33 @@ def train_runs(jobs: Sequence[TrainJob], samples: Mapping[str, Sequence[dict[str
     workers = run_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     if workers == 1 or torch.cuda.is_available():
         if torch.cuda.is_available():
-            return [_run_job(job, samples, progress) for job in jobs]
+            return [_run_job(job, i, samples, progress) for i, job in enumerate(jobs)]
         with one_thread():
-            return [_run_job(job, samples, progress) for job in jobs]
+            return [_run_job(job, i, samples, progress) for i, job in enumerate(jobs)]
     results: dict[int, TrainResult] = {}
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker, initargs=(samples,)) as pool, \
-            tqdm(total=len(jobs), desc=f"{desc} ({workers} processes)", disable=not progress) as bar:
-        futures = {pool.submit(_run_job, job): i for i, job in enumerate(jobs)}
-        for future in as_completed(futures):
-            results[futures[future]] = future.result()
-            bar.update()
+    done = [0] * len(jobs)  # epochs finished per run (a resumed or finished run reports from where it is)
+    with context.Manager() as manager, tqdm(total=sum(j.cfg.epochs for j in jobs), unit="epoch",
+                                            desc=f"{desc} ({workers} processes)", disable=not progress) as bar:
+        epochs = manager.Queue()
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
+                                 initargs=(samples, epochs)) as pool:
+            futures = {pool.submit(_run_job, job, i): i for i, job in enumerate(jobs)}
+            pending = set(futures)
+            while pending:
+                finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                changed = bool(finished)
+                while not epochs.empty():
+                    i, epoch, loss = epochs.get()
+                    done[i], changed = max(done[i], epoch), True
+                    bar.set_postfix_str(f"{jobs[i].out_dir.name} epoch {epoch}: loss {loss:.3f}", refresh=False)
+                for future in finished:
+                    i = futures[future]
+                    results[i] = future.result()
+                    done[i] = jobs[i].cfg.epochs
+                if changed:  # redraw only when an epoch or a run finished
+                    bar.n = sum(done)
+                    bar.set_description(f"{desc} ({workers} processes, {len(results)}/{len(jobs)} runs done)",
+                                        refresh=False)
+                    bar.refresh()
     return [results[i] for i in range(len(jobs))]

@@ -50,11 +50,14 @@ def _state(model: torch.nn.Module) -> dict[str, np.ndarray]:
     return {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
 
 
-def test_one_worker_and_two_train_the_same_bits_in_job_order(tmp_path: Path) -> None:
+def test_one_worker_and_two_train_the_same_bits_in_job_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                                             ) -> None:
     jobs, samples = _jobs(tmp_path / "one")
     here = train_runs(jobs, samples, workers=1, progress=False)
     jobs2, _ = _jobs(tmp_path / "two")
-    spawned = train_runs(jobs2, samples, workers=2, progress=False)
+    spawned = train_runs(jobs2, samples, workers=2, progress=True)
+    # one bar counts the epochs of every run, reported by the workers as they finish
+    assert "3/3 runs done" in capsys.readouterr().err
     assert [r.out_dir for r in spawned] == [j.out_dir for j in jobs2]  # results in job order
     for a, b in zip(here, spawned, strict=True):
         sa, sb = _state(a.model), _state(b.model)
