@@ -228,12 +228,23 @@ def _paper() -> Profile:
     )
 
 
-_PROFILES = {"smoke": _smoke, "default": _default, "paper": _paper}
+def _default_plain() -> Profile:
+    """The default profile without domain randomisation: the ablation that measures what the
+    randomisation costs or gains (same subjects, same anatomy, only the appearance differs)."""
+    base = _default()
+    reductions = tuple(r for r in base.reductions if not r.startswith("cohort: every subject's appearance"))
+    return dataclasses.replace(
+        base, name="default_plain", cohort=dataclasses.replace(base.cohort, domain_randomisation=False),
+        reductions=(*reductions, "ablation: the default profile without domain randomisation (fetalcmr.synth."
+                    "randomise off); every subject has the phantom's own tissue intensities, blur and noise"))
+
+
+_PROFILES = {"smoke": _smoke, "default": _default, "default_plain": _default_plain, "paper": _paper}
 PROFILE_NAMES: tuple[str, ...] = tuple(_PROFILES)
 
 
 def get_profile(name: str) -> Profile:
-    """Return the profile called ``name`` (``smoke``, ``default`` or ``paper``)."""
+    """Return the profile called ``name`` (``smoke``, ``default``, ``default_plain`` or ``paper``)."""
     try:
         return _PROFILES[name]()
     except KeyError:

@@ -32,6 +32,17 @@ def test_default_test_set_is_separate_and_large() -> None:
     assert all(p["split"] == "testing" for p in plan[cfg.n_subjects:])
 
 
+def test_plain_ablation_differs_from_default_only_in_domain_randomisation() -> None:
+    default, plain = get_profile("default"), get_profile("default_plain")
+    assert default.cohort.domain_randomisation and not plain.cohort.domain_randomisation
+    assert dataclasses.replace(plain.cohort, domain_randomisation=True) == default.cohort
+    for section in ("propagation", "segmenter", "classifier", "joint"):
+        assert getattr(plain, section) == getattr(default, section)
+    assert plan_cohort(plain.cohort, seed=0) == plan_cohort(default.cohort, seed=0)  # same subjects and seeds
+    assert any("ablation" in r for r in plain.reductions)
+    assert not any("domain-randomised" in r for r in plain.reductions)
+
+
 def test_separate_test_set_leaves_training_subjects_unchanged() -> None:
     """Growing the test set must not redraw the training subjects (their ids, classes and seeds)."""
     base = CohortConfig(n_subjects=30, grid=32, spacing_mm=1.6, n_test=20)
