@@ -28,7 +28,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from tqdm.std import tqdm
 
 from fetalcmr.anatomy import N_LABELS
 from fetalcmr.atomic import atomic_path
@@ -50,6 +49,7 @@ from fetalcmr.segmentation import METHOD as SEGMENTER_METHOD
 from fetalcmr.segmentation import SegmentationOutputs
 from fetalcmr.stats import finite_mean
 from fetalcmr.train import TrainConfig, TrainResult, read_history, train
+from fetalcmr.workers import map_items
 
 #: The notebook of this stage.
 STAGE = "04_joint_training"
@@ -140,11 +140,61 @@ def stratified_subset(samples: Sequence[dict[str, Any]], n: int | None, seed: in
 # prediction and evaluation
 
 
+@dataclass(frozen=True)
+class _Prediction:
+    """What predicting one test subject needs besides the subject (a :func:`fetalcmr.parallel.map_items` context)."""
+
+    models: Mapping[str, nn.Module]
+    ensembles: Mapping[str, Sequence[str]]
+    save_dirs: Mapping[str, Path]
+    dice_only: Sequence[str]
+    spacing_mm: float | Sequence[float]
+    labels: Mapping[int, str]
+
+
+def _predict_one(pair: tuple[Mapping[str, Any], np.ndarray | None], ctx: _Prediction
+                 ) -> tuple[list[pd.DataFrame], list[dict[str, Any]]]:
+    """Return the segmentation metric frames and class rows of every model and ensemble on one subject."""
+    s, gt = pair
+    sid, cls_true = str(s["id"]), int(s["label"])
+    soft: dict[str, np.ndarray] = {}
+    probs: dict[str, np.ndarray] = {}
+    seconds: dict[str, float] = {}
+    for name, model in ctx.models.items():
+        t0 = time.perf_counter()
+        soft[name], probs[name] = predict_volume(model, s["image"])
+        seconds[name] = time.perf_counter() - t0
+    voted: dict[str, int] = {}
+    for name, members in ctx.ensembles.items():
+        soft[name] = average_softmax([soft[m] for m in members])
+        votes, mean_p = ensemble_classes([probs[m][None] for m in members])
+        probs[name], voted[name] = mean_p[0], int(votes[0])
+        seconds[name] = sum(seconds[m] for m in members)
+    seg_rows: list[pd.DataFrame] = []
+    cls_rows: list[dict[str, Any]] = []
+    for name in [*ctx.models, *ctx.ensembles]:
+        pred_cls = voted[name] if name in voted else int(probs[name].argmax())
+        label_map = soft[name].argmax(0).astype(np.uint8)
+        if name in ctx.save_dirs:
+            save_nifti(Path(ctx.save_dirs[name]) / f"{sid}.nii.gz", label_map, np.asarray(s["affine"]))
+        cls_rows.append({"method": name, "id": sid, "label": cls_true, "pred": pred_cls,
+                         **{f"p{c}": float(v) for c, v in enumerate(probs[name])},
+                         "seconds": seconds[name]})
+        if gt is not None:
+            df = _dice_frame(label_map, gt, ctx.labels) if name in ctx.dice_only else \
+                evaluate_segmentation(label_map, gt, ctx.spacing_mm, ctx.labels)
+            df.insert(0, "cls", cls_true)
+            df.insert(0, "id", sid)
+            df.insert(0, "method", name)
+            seg_rows.append(df)
+    return seg_rows, cls_rows
+
+
 def predict_and_evaluate(models: Mapping[str, JointNet], samples: Sequence[Mapping[str, Any]],
                          truth: Mapping[str, np.ndarray | None], *, spacing_mm: float | Sequence[float],
                          labels: Mapping[int, str], ensembles: Mapping[str, Sequence[str]] | None = None,
                          save_dirs: Mapping[str, Path] | None = None, dice_only: Sequence[str] = (),
-                         progress: bool = True) -> tuple[pd.DataFrame, pd.DataFrame]:
+                         progress: bool = True, workers: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return ``(segmentation metrics, class predictions)`` of every model and ensemble on ``samples``.
 
     ``truth`` maps a subject id to its multi-class truth (or None: no segmentation metrics).
@@ -153,42 +203,14 @@ def predict_and_evaluate(models: Mapping[str, JointNet], samples: Sequence[Mappi
     image's affine. Methods in ``dice_only`` skip the surface distances (``nan``).
     Metrics rows: ``method, id, cls, label, name, dice, hd95, asd, precision``;
     class rows: ``method, id, label, pred, p0…``, plus ``seconds`` (inference per subject).
+    Subjects go to parallel single-thread processes (:func:`fetalcmr.parallel.map_items`).
     """
-    ensembles = dict(ensembles or {})
-    save_dirs = dict(save_dirs or {})
-    seg_rows: list[pd.DataFrame] = []
-    cls_rows: list[dict[str, Any]] = []
-    for s in tqdm(samples, desc="predict", disable=not progress, leave=False):
-        sid, cls_true = str(s["id"]), int(s["label"])
-        soft: dict[str, np.ndarray] = {}
-        probs: dict[str, np.ndarray] = {}
-        seconds: dict[str, float] = {}
-        for name, model in models.items():
-            t0 = time.perf_counter()
-            soft[name], probs[name] = predict_volume(model, s["image"])
-            seconds[name] = time.perf_counter() - t0
-        voted: dict[str, int] = {}
-        for name, members in ensembles.items():
-            soft[name] = average_softmax([soft[m] for m in members])
-            votes, mean_p = ensemble_classes([probs[m][None] for m in members])
-            probs[name], voted[name] = mean_p[0], int(votes[0])
-            seconds[name] = sum(seconds[m] for m in members)
-        for name in [*models, *ensembles]:
-            pred_cls = voted[name] if name in voted else int(probs[name].argmax())
-            label_map = soft[name].argmax(0).astype(np.uint8)
-            if name in save_dirs:
-                save_nifti(Path(save_dirs[name]) / f"{sid}.nii.gz", label_map, np.asarray(s["affine"]))
-            cls_rows.append({"method": name, "id": sid, "label": cls_true, "pred": pred_cls,
-                             **{f"p{c}": float(v) for c, v in enumerate(probs[name])},
-                             "seconds": seconds[name]})
-            gt = truth.get(sid)
-            if gt is not None:
-                df = _dice_frame(label_map, gt, labels) if name in dice_only else \
-                    evaluate_segmentation(label_map, gt, spacing_mm, labels)
-                df.insert(0, "cls", cls_true)
-                df.insert(0, "id", sid)
-                df.insert(0, "method", name)
-                seg_rows.append(df)
+    ctx = _Prediction({n: m.eval() for n, m in models.items()}, dict(ensembles or {}), dict(save_dirs or {}),
+                      tuple(dice_only), spacing_mm, dict(labels))
+    pairs = [(s, truth.get(str(s["id"]))) for s in samples]
+    per_subject = map_items(_predict_one, pairs, ctx, workers=workers, desc="predict", progress=progress)
+    seg_rows = [df for frames, _ in per_subject for df in frames]
+    cls_rows = [row for _, rows in per_subject for row in rows]
     seg = pd.concat(seg_rows, ignore_index=True) if seg_rows else pd.DataFrame(
         columns=["method", "id", "cls", "label", "name", "dice", "hd95", "asd", "precision"])
     return seg, pd.DataFrame(cls_rows)

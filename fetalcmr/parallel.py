@@ -10,15 +10,16 @@ by side finish about 1.4× sooner. And because every run uses one thread whateve
 its bits do not depend on the number of cores or workers (the thread count changes the bits of
 training: docs/design.md §6); ``tests/test_parallel.py`` checks one worker against two.
 
+Per-subject work goes to the same kind of workers through :func:`fetalcmr.workers.map_items`.
+
 With CUDA the runs stay in this process, on the GPU, one after another.
 """
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +29,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from fetalcmr.train import THREADS_ENV, TrainConfig, TrainResult, available_cores, train
-
-#: environment variable setting the number of parallel training processes (default: the cores)
-WORKERS_ENV = "FETALCMR_WORKERS"
+from fetalcmr.train import TrainConfig, TrainResult, train
+from fetalcmr.workers import THREADS_ENV, one_thread, run_workers
 
 #: samples shared by every job of a worker process, and the queue its finished epochs go to
 #: (set by :func:`_init_worker`)
@@ -51,33 +50,6 @@ class TrainJob:
     cfg: TrainConfig
     out_dir: Path
     run_key: str
-
-
-def run_workers(n_jobs: int) -> int:
-    """Return the processes for ``n_jobs`` runs: ``$FETALCMR_WORKERS`` when set, else the usable
-    cores; 1 with CUDA; never more than the jobs."""
-    if torch.cuda.is_available():
-        return 1
-    value = os.environ.get(WORKERS_ENV, "").strip()
-    if value and (not value.isdigit() or int(value) < 1):
-        raise ValueError(f"{WORKERS_ENV} must be a positive integer, not {value!r}")
-    workers = int(value) if value else available_cores()
-    return max(1, min(workers, n_jobs))
-
-
-@contextlib.contextmanager
-def one_thread() -> Iterator[None]:
-    """Run the enclosed training on one torch thread (what every worker process does), then restore."""
-    before_env, before_threads = os.environ.get(THREADS_ENV), torch.get_num_threads()
-    os.environ[THREADS_ENV] = "1"
-    try:
-        yield
-    finally:
-        if before_env is None:
-            os.environ.pop(THREADS_ENV, None)
-        else:
-            os.environ[THREADS_ENV] = before_env
-        torch.set_num_threads(before_threads)
 
 
 def _init_worker(samples: Mapping[str, Sequence[dict[str, Any]]], epochs: Any) -> None:

@@ -639,12 +639,52 @@ def load_label_propagation(paths: RunPaths) -> PropagationOutputs:
     return _read_outputs(files, paths.lp_json, reused=True)
 
 
+@dataclass(frozen=True)
+class _Propagation:
+    """What propagating one subject needs besides the subject (a :func:`fetalcmr.parallel.map_items` context)."""
+
+    model: torch.nn.Module
+    atlases: Mapping[int, AtlasData]
+    out_dir: Path
+    label_interp: str
+    n_labels: int | None
+    prealign_steps: Sequence[int] | None
+    refine: tuple[RegistrationLoss, int, float] | None
+    network_only_splits: Sequence[str]
+
+
+def _propagate_one(subj: SubjectData, ctx: _Propagation) -> dict[str, Any]:
+    """Register ``ctx``'s class atlas to ``subj``, write its labels; return the subject's table row."""
+    atlas = ctx.atlases[subj.cls]
+    n = ctx.n_labels or int(atlas.labelmap.max()) + 1
+    t0 = time.perf_counter()
+    if ctx.prealign_steps and subj.affine is None:  # subjects aligned for training keep that alignment
+        prealign(subj, atlas, ctx.prealign_steps)
+    t_prealign = time.perf_counter() - t0
+    disp = register(ctx.model, atlas, subj, refine=ctx.refine)
+    lp = warp_labels(atlas.labelmap, disp, n, mode=ctx.label_interp)
+    seconds = time.perf_counter() - t0
+    path = ctx.out_dir / f"{subj.id}_lp.nii.gz"
+    save_nifti(path, lp, subj.affine_world)
+    row = {"id": subj.id, "split": subj.split, "class": subj.cls, "lp": str(path),
+           "seconds": seconds, **folding_stats(disp[0])}
+    if ctx.refine is not None and ctx.refine[1] > 0 and subj.split in ctx.network_only_splits:
+        t1 = time.perf_counter()
+        disp = register(ctx.model, atlas, subj)
+        lp = warp_labels(atlas.labelmap, disp, n, mode=ctx.label_interp)
+        row["seconds_network"] = t_prealign + time.perf_counter() - t1
+        row["fold_fraction_network"] = folding_stats(disp[0])["fold_fraction"]
+        row["lp_network"] = str(ctx.out_dir / f"{subj.id}_lp_network.nii.gz")
+        save_nifti(row["lp_network"], lp, subj.affine_world)
+    return row
+
+
 def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
                        atlases: Mapping[int, AtlasData], out_dir: Path, label_interp: str = "nearest",
                        n_labels: int | None = None, progress: bool = True,
                        prealign_steps: Sequence[int] | None = None,
                        refine: tuple[RegistrationLoss, int, float] | None = None,
-                       network_only_splits: Sequence[str] = ()) -> pd.DataFrame:
+                       network_only_splits: Sequence[str] = (), workers: int | None = None) -> pd.DataFrame:
     """Write ``<out_dir>/<id>_lp.nii.gz`` for each subject; return per-subject time and Jacobian stats.
 
     ``seconds`` covers registration (affine pre-alignment when ``prealign_steps`` is given and the
@@ -653,35 +693,16 @@ def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
     file I/O. For subjects of ``network_only_splits`` (with refinement on) the labels of the
     network's field alone are also written (``<id>_lp_network.nii.gz``; columns ``lp_network``,
     ``seconds_network``, ``fold_fraction_network``), so the refinement's effect is measured on
-    the same pairs.
+    the same pairs. Subjects are registered in parallel single-thread processes
+    (:func:`fetalcmr.parallel.map_items`; ``workers`` defaults to its choice), so the labels do
+    not depend on the number of cores.
     """
-    from tqdm.std import tqdm
+    from fetalcmr.workers import map_items
 
-    rows = []
-    for subj in tqdm(subjects, desc="propagate labels", disable=not progress):
-        atlas = atlases[subj.cls]
-        n = n_labels or int(atlas.labelmap.max()) + 1
-        t0 = time.perf_counter()
-        if prealign_steps and subj.affine is None:  # subjects aligned for training keep that alignment
-            prealign(subj, atlas, prealign_steps)
-        t_prealign = time.perf_counter() - t0
-        disp = register(model, atlas, subj, refine=refine)
-        lp = warp_labels(atlas.labelmap, disp, n, mode=label_interp)
-        seconds = time.perf_counter() - t0
-        path = out_dir / f"{subj.id}_lp.nii.gz"
-        save_nifti(path, lp, subj.affine_world)
-        row = {"id": subj.id, "split": subj.split, "class": subj.cls, "lp": str(path),
-               "seconds": seconds, **folding_stats(disp[0])}
-        if refine is not None and refine[1] > 0 and subj.split in network_only_splits:
-            t1 = time.perf_counter()
-            disp = register(model, atlas, subj)
-            lp = warp_labels(atlas.labelmap, disp, n, mode=label_interp)
-            row["seconds_network"] = t_prealign + time.perf_counter() - t1
-            row["fold_fraction_network"] = folding_stats(disp[0])["fold_fraction"]
-            row["lp_network"] = str(out_dir / f"{subj.id}_lp_network.nii.gz")
-            save_nifti(row["lp_network"], lp, subj.affine_world)
-        rows.append(row)
-    return pd.DataFrame(rows)
+    ctx = _Propagation(model.eval(), atlases, Path(out_dir), label_interp, n_labels,
+                       tuple(prealign_steps) if prealign_steps else None, refine, tuple(network_only_splits))
+    return pd.DataFrame(map_items(_propagate_one, subjects, ctx, workers=workers, desc="propagate labels",
+                                  progress=progress))
 
 
 def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.PathLike[str],

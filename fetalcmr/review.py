@@ -176,11 +176,17 @@ def review_case(case: ReviewCase) -> list[dict[str, Any]]:
     return rows
 
 
-def review_table(cases: Iterable[ReviewCase], *, progress: bool = False) -> pd.DataFrame:
-    """Return the per-subject, per-method report table of ``cases`` (see :func:`review_case`)."""
-    from tqdm.std import tqdm
+def _review_one(case: ReviewCase, _: None) -> list[dict[str, Any]]:
+    return review_case(case)
 
-    rows = [r for c in tqdm(list(cases), desc="topology reports", disable=not progress) for r in review_case(c)]
+
+def review_table(cases: Iterable[ReviewCase], *, progress: bool = False) -> pd.DataFrame:
+    """Return the per-subject, per-method report table of ``cases`` (see :func:`review_case`); the
+    cases are reviewed in parallel processes (:func:`fetalcmr.workers.map_items`)."""
+    from fetalcmr.workers import map_items
+
+    per_case = map_items(_review_one, list(cases), None, desc="topology reports", progress=progress)
+    rows = [r for case_rows in per_case for r in case_rows]
     df = pd.DataFrame(rows)
     if df.empty:
         return df

@@ -34,7 +34,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.std import tqdm
 
 from fetalcmr.anatomy import CLASSES, LABELS
 from fetalcmr.cache import code_version, content_key, file_digest
@@ -48,6 +47,7 @@ from fetalcmr.parallel import TrainJob, train_runs
 from fetalcmr.paths import RunPaths, outputs_record
 from fetalcmr.predict import SOFTMAX_DONE, SOFTMAX_FORMAT, predict_volume, save_softmax, softmax_file
 from fetalcmr.train import TrainConfig, TrainResult
+from fetalcmr.workers import map_items
 
 #: The notebook whose methods these are (:func:`fetalcmr.methods.methods_of`).
 STAGE = "02_segmentation"
@@ -136,25 +136,34 @@ def train_segmenters(data: Mapping[str, Any], cfg: SegmenterConfig, models_dir: 
 # inference
 
 
+def _predict_labels_one(sample: Mapping[str, Any], ctx: tuple[torch.nn.Module, Path]) -> np.ndarray:
+    model, out = ctx
+    labels = predict_volume(model, sample["image"]).softmax.argmax(0).astype(np.uint8)
+    save_nifti(out / f"{sample['id']}.nii.gz", labels, sample["affine"])
+    return labels
+
+
 def predict_labels(model: torch.nn.Module, samples: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike[str],
                    *, progress: bool = True) -> dict[str, np.ndarray]:
-    """Return ``{id: label map}`` (argmax) for ``samples`` and save each as NIfTI (the input's affine)."""
+    """Return ``{id: label map}`` (argmax) for ``samples`` and save each as NIfTI (the input's affine);
+    subjects go to parallel single-thread processes (:func:`fetalcmr.workers.map_items`)."""
     out = Path(out_dir)
-    preds: dict[str, np.ndarray] = {}
-    for s in tqdm(samples, desc=f"predict {out.name}", disable=not progress, leave=False):
-        labels = predict_volume(model, s["image"]).softmax.argmax(0).astype(np.uint8)
-        save_nifti(out / f"{s['id']}.nii.gz", labels, s["affine"])
-        preds[s["id"]] = labels
-    return preds
+    labels = map_items(_predict_labels_one, samples, (model.eval(), out), desc=f"predict {out.name}",
+                       progress=progress)
+    return {s["id"]: lab for s, lab in zip(samples, labels, strict=True)}
+
+
+def _save_softmax_one(sample: Mapping[str, Any], ctx: tuple[torch.nn.Module, Path]) -> None:
+    model, out = ctx
+    save_softmax(softmax_file(out, sample["id"]), predict_volume(model, sample["image"]).softmax, sample["affine"])
 
 
 def save_softmax_files(model: torch.nn.Module, samples: Sequence[Mapping[str, Any]],
                        out_dir: str | os.PathLike[str], *, progress: bool = True) -> Path:
     """Save the softmax of every sample in ``out_dir`` (:func:`fetalcmr.predict.save_softmax`, with
-    the sample's affine); return the folder."""
+    the sample's affine), in parallel single-thread processes; return the folder."""
     out = Path(out_dir)
-    for s in tqdm(samples, desc="softmax", disable=not progress, leave=False):
-        save_softmax(softmax_file(out, s["id"]), predict_volume(model, s["image"]).softmax, s["affine"])
+    map_items(_save_softmax_one, samples, (model.eval(), out), desc="softmax", progress=progress)
     return out
 
 
@@ -167,33 +176,52 @@ def has_truth(items: Sequence[Mapping[str, Any]]) -> bool:
     return bool(items) and all(it.get("gt") for it in items)
 
 
+@dataclass(frozen=True)
+class _Scoring:
+    """What scoring one test subject needs besides the subject (a :func:`map_items` context)."""
+
+    grid: int | None
+    spacing_mm: float | None
+    labels: Mapping[int, str]
+    classes: Mapping[int, str]
+
+
+def _evaluate_one(pair: tuple[Mapping[str, Any], Mapping[str, np.ndarray]], ctx: _Scoring
+                  ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Return the per-label and region rows of every method's prediction of one subject."""
+    from fetalcmr.metrics import evaluate_segmentation, region_metrics
+
+    it, preds = pair
+    truth_vol = load_volume(it["gt"], kind="label", grid=ctx.grid, spacing_mm=ctx.spacing_mm)
+    truth = truth_vol.array
+    spacing = np.sqrt((truth_vol.affine[:3, :3] ** 2).sum(0))
+    cls = ctx.classes.get(int(it["label"]), str(it["label"])) if "label" in it else ""
+    per_label, region = [], []
+    for method, pred in preds.items():
+        base = {"method": method, "id": it["id"], "class": cls}
+        region.append({**base, **region_metrics(pred > 0, truth > 0)})
+        if get(method).multiclass:
+            df = evaluate_segmentation(pred, truth, spacing, ctx.labels)
+            per_label += [{**base, **row} for row in df.to_dict("records")]
+    return per_label, region
+
+
 def evaluate(predictions: Mapping[str, Mapping[str, np.ndarray]], items: Sequence[Mapping[str, Any]], *,
              grid: int | None, spacing_mm: float | None, labels: Mapping[int, str] = LABELS,
-             classes: Mapping[int, str] = CLASSES) -> tuple[pd.DataFrame, pd.DataFrame]:
+             classes: Mapping[int, str] = CLASSES, progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Return per-subject ``(per_label, region)`` tables of every method against ``gt``.
 
     ``predictions`` is keyed by method id.
     ``per_label``: method, id, class, label, name, dice, hd95, asd, precision (multi-class methods a–c).
     ``region``: method, id, class, dice, sensitivity, specificity, precision of the vessel region
-    (foreground of the prediction vs. foreground of ``gt``), for every method.
+    (foreground of the prediction vs. foreground of ``gt``), for every method. Subjects are scored
+    in parallel processes (:func:`fetalcmr.workers.map_items`).
     """
-    from fetalcmr.metrics import evaluate_segmentation, region_metrics
-
-    per_label, region = [], []
-    for it in items:
-        truth_vol = load_volume(it["gt"], kind="label", grid=grid, spacing_mm=spacing_mm)
-        truth = truth_vol.array
-        spacing = np.sqrt((truth_vol.affine[:3, :3] ** 2).sum(0))
-        cls = classes.get(int(it["label"]), str(it["label"])) if "label" in it else ""
-        for method, preds in predictions.items():
-            pred = preds[it["id"]]
-            base = {"method": method, "id": it["id"], "class": cls}
-            region.append({**base, **region_metrics(pred > 0, truth > 0)})
-            if get(method).multiclass:
-                df = evaluate_segmentation(pred, truth, spacing, labels)
-                for row in df.to_dict("records"):
-                    per_label.append({**base, **row})
-    return pd.DataFrame(per_label), pd.DataFrame(region)
+    pairs = [(it, {m: preds[it["id"]] for m, preds in predictions.items()}) for it in items]
+    rows = map_items(_evaluate_one, pairs, _Scoring(grid, spacing_mm, dict(labels), dict(classes)),
+                     desc="evaluate", progress=progress)
+    return (pd.DataFrame([r for per_label, _ in rows for r in per_label]),
+            pd.DataFrame([r for _, region in rows for r in region]))
 
 
 def supervision_agreement(items: Sequence[Mapping[str, Any]], *, grid: int | None, spacing_mm: float | None,
@@ -328,7 +356,8 @@ def run_segmentation(data: Mapping[str, Any], cfg: SegmenterConfig, *, models_di
     evaluated = has_truth(test_items)
     if evaluated:
         per_label, region = evaluate(predictions, test_items, grid=grid, spacing_mm=spacing_mm,
-                                     labels={int(k): v for k, v in (data.get("labels") or LABELS).items()})
+                                     labels={int(k): v for k, v in (data.get("labels") or LABELS).items()},
+                                     progress=progress)
         for df, name in ((per_label, PER_LABEL_CSV), (region, REGION_CSV)):
             with atomic_path(Path(results_dir) / name) as tmp:
                 df.to_csv(tmp, index=False)

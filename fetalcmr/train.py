@@ -59,6 +59,7 @@ from fetalcmr.metrics import mean_dice
 from fetalcmr.models import divisor
 from fetalcmr.padding import crop_to, pad_to_multiple
 from fetalcmr.transforms import augmentation
+from fetalcmr.workers import THREADS_ENV, available_cores
 
 CHECKPOINT_VERSION = 1
 
@@ -140,18 +141,6 @@ class Runtime:
     def is_main(self) -> bool:
         """True on the process that writes files (rank 0)."""
         return self.rank == 0
-
-
-def available_cores() -> int:
-    """Return the number of CPU cores this process may use."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
-#: environment variable fixing the CPU threads of every training process (default: its cores)
-THREADS_ENV = "FETALCMR_THREADS"
 
 
 def cpu_threads(world_size: int = 1) -> int:

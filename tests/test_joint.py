@@ -159,7 +159,8 @@ def test_fine_tuning_with_lambda_changes_the_segmenter_differently(fine_tuned: d
             - runs["lambda0"].history["binary_weight"] * runs["lambda0"].history["train_binary"]).abs().max() < 1e-4
 
 
-def test_predict_evaluate_ensemble_and_tables(fine_tuned: dict[str, Any], tmp_path: Path) -> None:
+def test_predict_evaluate_ensemble_and_tables(fine_tuned: dict[str, Any], tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
     runs, test = fine_tuned["runs"], fine_tuned["test"]
     models = {"separate": _pair(), "joint": runs["joint"].model, "lambda0": runs["lambda0"].model}
     truth = {s["id"]: s["gt"] for s in test}
@@ -167,6 +168,13 @@ def test_predict_evaluate_ensemble_and_tables(fine_tuned: dict[str, Any], tmp_pa
     seg, cls = predict_and_evaluate(models, samples, truth, spacing_mm=1.0, labels=LABELS,
                                     ensembles={"ensemble": ["joint", "lambda0"]},
                                     save_dirs={"joint": tmp_path / "joint"}, progress=False)
+    # two spawned single-thread processes (the default profile's 150 test subjects) give the same tables
+    monkeypatch.setattr("fetalcmr.workers.MIN_ITEMS", 1)
+    seg2, cls2 = predict_and_evaluate(models, samples, truth, spacing_mm=1.0, labels=LABELS,
+                                      ensembles={"ensemble": ["joint", "lambda0"]},
+                                      save_dirs={"joint": tmp_path / "joint2"}, progress=False, workers=2)
+    pd.testing.assert_frame_equal(seg2, seg)
+    pd.testing.assert_frame_equal(cls2.drop(columns="seconds"), cls.drop(columns="seconds"))
     assert set(cls["method"]) == {"separate", "joint", "lambda0", "ensemble"} and len(cls) == 4 * 3
     np.testing.assert_allclose(cls[["p0", "p1", "p2"]].sum(1), 1.0, atol=1e-5)
     assert len(seg) == 4 * 3 * 11 and seg["dice"].dropna().between(0, 1).all()

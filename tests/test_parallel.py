@@ -15,9 +15,9 @@ import torch
 from fetalcmr.classification import classification_samples, classifier_job
 from fetalcmr.config import get_profile
 from fetalcmr.models import make_segmenter
-from fetalcmr.parallel import WORKERS_ENV, TrainJob, one_thread, run_workers, train_runs
+from fetalcmr.parallel import TrainJob, train_runs
 from fetalcmr.predict import quantise_softmax
-from fetalcmr.train import THREADS_ENV, TrainConfig
+from fetalcmr.train import TrainConfig
 
 
 def _jobs(out_dir: Path) -> tuple[list[TrainJob], dict[str, list[dict[str, Any]]]]:
@@ -79,28 +79,3 @@ def test_unknown_sample_set_is_named(tmp_path: Path) -> None:
     jobs, samples = _jobs(tmp_path)
     with pytest.raises(KeyError, match="no samples named \\['seg_val'\\]"):
         train_runs(jobs, {k: v for k, v in samples.items() if k != "seg_val"}, workers=1, progress=False)
-
-
-def test_worker_count_follows_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setenv(WORKERS_ENV, "3")
-    assert run_workers(10) == 3
-    assert run_workers(2) == 2  # never more than the jobs
-    monkeypatch.setenv(WORKERS_ENV, "0")
-    with pytest.raises(ValueError, match="FETALCMR_WORKERS must be a positive integer"):
-        run_workers(4)
-    monkeypatch.delenv(WORKERS_ENV)
-    monkeypatch.setattr("fetalcmr.parallel.available_cores", lambda: 5)
-    assert run_workers(8) == 5
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert run_workers(8) == 1  # one GPU: runs one after another
-
-
-def test_one_thread_restores_threads_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(THREADS_ENV, "2")
-    threads = torch.get_num_threads()
-    with one_thread():
-        import os
-
-        assert os.environ[THREADS_ENV] == "1"
-    assert os.environ[THREADS_ENV] == "2" and torch.get_num_threads() == threads

@@ -16,6 +16,7 @@ from fetalcmr import review_report as rr
 from fetalcmr.anatomy import LABEL_INDEX
 from fetalcmr.io import DataError, save_nifti
 from fetalcmr.stats import proportion_ci
+from fetalcmr.workers import WORKERS_ENV
 
 
 def _reports(rows: list[tuple[str, int, str, bool]]) -> pd.DataFrame:
@@ -125,6 +126,13 @@ def test_review_table_flags_broken_prediction(tmp_path: Path, daa_subject: Any) 
     assert by.loc["LP+manual", "mean_dice"] == pytest.approx(1.0)
     assert by.loc["joint", "mean_dice"] < 1.0 and math.isnan(by.loc["truth", "mean_dice"])
     assert by.loc["truth", "arch_side"] == "both"
+    # in two spawned worker processes (the default profile's 150 subjects): the same table
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("fetalcmr.workers.MIN_ITEMS", 1)
+        mp.setenv(WORKERS_ENV, "2")
+        spawned = rv.review_table(cases)
+    same = spawned[spawned["id"] == "sub-001"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(same.drop(columns="seconds"), reports.drop(columns="seconds"))
     # without truth (a real dataset without gt): no truth row, the verdicts remain
     no_gt, _ = rv.load_cases([item], dirs, with_truth=False)
     rep2 = rv.review_table(no_gt)

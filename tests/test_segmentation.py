@@ -15,10 +15,19 @@ from ddp_smoke import make_toy_dataset
 from scipy.stats import wilcoxon
 
 from fetalcmr.config import SegmenterConfig
+from fetalcmr.data import make_samples
 from fetalcmr.dataset import read_dataset
 from fetalcmr.methods import get
 from fetalcmr.predict import load_softmax
-from fetalcmr.segmentation import method_checkpoint, run_segmentation, supervision_agreement, train_segmenters
+from fetalcmr.segmentation import (
+    evaluate,
+    method_checkpoint,
+    predict_labels,
+    run_segmentation,
+    save_softmax_files,
+    supervision_agreement,
+    train_segmenters,
+)
 from fetalcmr.segmentation_report import (
     by_class_table,
     coronal_projection,
@@ -30,11 +39,12 @@ from fetalcmr.segmentation_report import (
     wilcoxon_tests,
 )
 from fetalcmr.train import load_checkpoint
+from fetalcmr.workers import WORKERS_ENV
 
 CFG = SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.0, epochs=1, batch_size=2, patch=8)
 
 
-def test_four_methods_end_to_end(tmp_path: Path) -> None:
+def test_four_methods_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     torch.set_num_threads(1)
     data = read_dataset(make_toy_dataset(tmp_path / "data", n=7, size=16, n_test=2))
     dirs = {k: tmp_path / k for k in ("models", "pred", "results")}
@@ -74,6 +84,25 @@ def test_four_methods_end_to_end(tmp_path: Path) -> None:
     assert all(r.resumed_from == CFG.epochs for r in again.results.values())
     other = train_segmenters(data, dataclasses.replace(CFG, lr=5e-4), dirs["models"], **kw_train)
     assert all(r.resumed_from == 0 for r in other.results.values())
+    # two spawned single-thread worker processes (what the default profile's 150 test subjects get)
+    # predict, store and score exactly what one process did
+    monkeypatch.setattr("fetalcmr.workers.MIN_ITEMS", 1)
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    model = again.results["net_lp_manual"].model
+    samples = make_samples(data["testing"], ("image",), grid=None, spacing_mm=None)
+    spawned = predict_labels(model, samples, tmp_path / "spawned", progress=False)
+    assert list(spawned) == test_ids
+    for sid, labels in spawned.items():
+        np.testing.assert_array_equal(labels, stage.labels("net_lp_manual", sid))
+    save_softmax_files(model, samples, tmp_path / "softmax", progress=False)
+    for sid in test_ids:
+        np.testing.assert_array_equal(load_softmax(tmp_path / "softmax" / f"{sid}.npz"),
+                                      load_softmax(stage.softmax_dir / f"{sid}.npz"))
+    maps = {m: {sid: stage.labels(m, sid) for sid in test_ids} for m in stage.prediction_dirs}
+    per_label2, region2 = evaluate(maps, data["testing"], grid=None, spacing_mm=None)
+    pd.testing.assert_frame_equal(per_label2.reset_index(drop=True), per_label.reset_index(drop=True),
+                                  check_dtype=False)
+    pd.testing.assert_frame_equal(region2, region.reset_index(drop=True), check_dtype=False)
 
 
 def _toy_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
