@@ -492,6 +492,11 @@ def prealign(subject: SubjectData, atlas: AtlasData, steps: Sequence[int]) -> Su
     return subject
 
 
+def _prealign_one(subject: SubjectData, ctx: tuple[Mapping[int, AtlasData], tuple[int, ...]]) -> SubjectData:
+    atlases, steps = ctx
+    return prealign(subject, atlases[subject.cls], steps)
+
+
 def source_of(subject: SubjectData, atlas: AtlasData) -> tuple[torch.Tensor, torch.Tensor]:
     """Return the network's source (atlas image, atlas foreground): affinely aligned when available."""
     if subject.atlas_image_reg is not None and subject.atlas_fg_reg is not None:
@@ -742,10 +747,12 @@ def run_label_propagation(source_json: str | os.PathLike[str], lp_dir: str | os.
     else:
         fit = [s for s in subjects if s.split in ("training", "validation")]
         if cfg.affine_steps:
-            from tqdm.std import tqdm
+            from fetalcmr.workers import map_items
 
-            for subj in tqdm(fit, desc="affine pre-alignment", disable=not progress):
-                prealign(subj, atlases[subj.cls], cfg.affine_steps)
+            fit = map_items(_prealign_one, fit, (atlases, tuple(cfg.affine_steps)), desc="affine pre-alignment",
+                            progress=progress)
+            aligned = {s.id: s for s in fit}  # copies when aligned in worker processes
+            subjects = [aligned.get(s.id, s) for s in subjects]
         model, history = train_registration(fit, atlases, cfg, seed=seed, progress=progress)
         save_model(model, model_path)
         from fetalcmr.atomic import atomic_path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import time
 from collections import deque
 
 import numpy as np
@@ -74,13 +73,10 @@ def test_betti_uses_26_foreground_6_background() -> None:
     assert topology.betti_numbers(np.zeros((3, 3, 3), bool)) == (0, 0, 0)
 
 
-def test_betti_speed_at_64() -> None:
+def test_betti_of_a_torus_and_a_ball_at_64() -> None:
+    """The 64³ case whose time ``make bench SECTIONS=topology`` reports (budget 0.05 s)."""
     m = _torus((64, 64, 64), (32, 32, 32), 18, 6) | _ball((64, 64, 64), (10, 10, 10), 6)
-    topology.betti_numbers(m)
-    t = time.perf_counter()
-    for _ in range(5):
-        assert topology.betti_numbers(m) == (2, 1, 0)
-    assert (time.perf_counter() - t) / 5 < 0.1  # budget 0.05 s, slack for a shared machine
+    assert topology.betti_numbers(m) == (2, 1, 0)
 
 
 _small_masks = arrays(np.bool_, st.tuples(*[st.integers(2, 7)] * 3), elements=st.booleans())
@@ -397,14 +393,6 @@ def test_report_wrong_side_coa(phantoms: dict[int, np.ndarray]) -> None:
                                    trachea_mask=trachea())
     assert rep.arch_side == "right"
     assert not rep.correct
-
-
-def test_report_speed_at_64(phantoms: dict[int, np.ndarray]) -> None:
-    topology.topology_report(phantoms[2], 2, trachea_x_vox=TRACHEA_X)
-    t = time.perf_counter()
-    for cls in (0, 1, 2):
-        topology.topology_report(phantoms[cls], cls, trachea_x_vox=TRACHEA_X)
-    assert (time.perf_counter() - t) / 3 < 1.0  # budget 0.5 s, slack for a shared machine
 
 
 def test_report_row_is_flat(phantoms: dict[int, np.ndarray]) -> None:
