@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fetalcmr.train import TrainConfig, TrainResult, train
-from fetalcmr.workers import THREADS_ENV, one_thread, run_workers
+from fetalcmr.workers import THREADS_ENV, WORKERS_ENV, one_thread, run_workers
 
 #: samples shared by every job of a worker process, and the queue its finished epochs go to
 #: (set by :func:`_init_worker`)
@@ -50,6 +50,20 @@ class TrainJob:
     cfg: TrainConfig
     out_dir: Path
     run_key: str
+
+
+def run_processes(n_runs: int) -> int:
+    """Return the processes for ``n_runs`` training runs: :func:`~fetalcmr.workers.run_workers`, but
+    all runs at once when they are fewer than twice the cores and ``$FETALCMR_WORKERS`` is not set.
+
+    Three equal runs on two cores would otherwise train two side by side, then the third alone on
+    one core while the other idles (notebook 02's segmenters); three processes sharing two cores
+    keep both busy to the end. Each run still has one thread, so the bits stay the same.
+    """
+    workers = run_workers(n_runs)
+    if workers > 1 and not os.environ.get(WORKERS_ENV, "").strip() and n_runs < 2 * workers:
+        return n_runs
+    return workers
 
 
 def _init_worker(samples: Mapping[str, Sequence[dict[str, Any]]], epochs: Any) -> None:
@@ -77,14 +91,14 @@ def train_runs(jobs: Sequence[TrainJob], samples: Mapping[str, Sequence[dict[str
     """Return the :class:`~fetalcmr.train.TrainResult` of every job, in the order of ``jobs``.
 
     Each run resumes or loads as :func:`~fetalcmr.train.train` does, so an interrupted stage
-    continues where it stopped. ``workers`` defaults to :func:`run_workers`. With workers, one
+    continues where it stopped. ``workers`` defaults to :func:`run_processes`. With workers, one
     progress bar counts the epochs of all runs (each run's epochs arrive through a queue); here,
     each run shows its own bar.
     """
     missing = {name for job in jobs for name in (job.train_set, job.val_set)} - set(samples)
     if missing:
         raise KeyError(f"train_runs: no samples named {sorted(missing)}")
-    workers = run_workers(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
+    workers = run_processes(len(jobs)) if workers is None else max(1, min(workers, len(jobs)))
     if workers == 1 or torch.cuda.is_available():
         if torch.cuda.is_available():
             return [_run_job(job, i, samples, progress) for i, job in enumerate(jobs)]

@@ -15,9 +15,10 @@ import torch
 from fetalcmr.classification import classification_samples, classifier_job
 from fetalcmr.config import get_profile
 from fetalcmr.models import make_segmenter
-from fetalcmr.parallel import TrainJob, train_runs
+from fetalcmr.parallel import TrainJob, run_processes, train_runs
 from fetalcmr.predict import quantise_softmax
 from fetalcmr.train import TrainConfig
+from fetalcmr.workers import WORKERS_ENV
 
 
 def _jobs(out_dir: Path) -> tuple[list[TrainJob], dict[str, list[dict[str, Any]]]]:
@@ -79,3 +80,14 @@ def test_unknown_sample_set_is_named(tmp_path: Path) -> None:
     jobs, samples = _jobs(tmp_path)
     with pytest.raises(KeyError, match="no samples named \\['seg_val'\\]"):
         train_runs(jobs, {k: v for k, v in samples.items() if k != "seg_val"}, workers=1, progress=False)
+
+
+def test_a_few_more_runs_than_cores_all_start_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv(WORKERS_ENV, raising=False)
+    monkeypatch.setattr("fetalcmr.workers.available_cores", lambda: 2)
+    assert run_processes(3) == 3  # not two side by side, then the third alone
+    assert run_processes(2) == 2 and run_processes(1) == 1
+    assert run_processes(4) == 2 and run_processes(15) == 2  # as many as the cores
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    assert run_processes(3) == 2  # an explicit worker count is kept
