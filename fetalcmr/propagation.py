@@ -704,6 +704,8 @@ def propagate_subjects(model: torch.nn.Module, subjects: Sequence[SubjectData],
     """
     from fetalcmr.workers import map_items
 
+    if isinstance(getattr(model, "velocity", None), torch.Tensor):
+        model.velocity = None  # VoxelMorph's copy of its last field, with that pass's graph: cannot be pickled
     ctx = _Propagation(model.eval(), atlases, Path(out_dir), label_interp, n_labels,
                        tuple(prealign_steps) if prealign_steps else None, refine, tuple(network_only_splits))
     return pd.DataFrame(map_items(_propagate_one, subjects, ctx, workers=workers, desc="propagate labels",

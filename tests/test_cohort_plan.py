@@ -34,13 +34,14 @@ def test_default_test_set_is_separate_and_large() -> None:
 
 def test_plain_ablation_differs_from_default_only_in_domain_randomisation() -> None:
     default, plain = get_profile("default"), get_profile("default_plain")
-    assert default.cohort.domain_randomisation and not plain.cohort.domain_randomisation
-    assert dataclasses.replace(plain.cohort, domain_randomisation=True) == default.cohort
+    assert default.cohort.domain_randomisation == 0.5 and plain.cohort.domain_randomisation == 0.0
+    assert dataclasses.replace(plain.cohort, domain_randomisation=0.5) == default.cohort
     for section in ("propagation", "segmenter", "classifier", "joint"):
         assert getattr(plain, section) == getattr(default, section)
     assert plan_cohort(plain.cohort, seed=0) == plan_cohort(default.cohort, seed=0)  # same subjects and seeds
     assert any("ablation" in r for r in plain.reductions)
     assert not any("domain-randomised" in r for r in plain.reductions)
+    assert any("domain-randomised" in r for r in default.reductions)
 
 
 def test_separate_test_set_leaves_training_subjects_unchanged() -> None:
@@ -70,3 +71,23 @@ def test_generation_is_independent_of_the_worker_count(tmp_path: Path, monkeypat
         for a, b in zip(one[split], many[split]):
             assert np.array_equal(load_nifti(a["image"]).array, load_nifti(b["image"]).array)
             assert a["meta"] == b["meta"]
+
+
+def test_randomisation_reaches_only_the_chosen_share_of_training_subjects(tmp_path: Path) -> None:
+    """Validation and test subjects keep the measured appearance; half the training subjects of each
+    class are randomised, and the same subject is identical to its plain twin but for appearance."""
+    cfg = CohortConfig(n_subjects=8, grid=24, spacing_mm=52 / 24, class_fractions=(0.5, 0.25, 0.25),
+                       split_fractions=(0.75, 0.25, 0.0), n_test=3, domain_randomisation=0.5)
+    mixed = read_dataset(generate_cohort(tmp_path / "mixed", cfg, seed=1, progress=False))
+    plain = read_dataset(generate_cohort(tmp_path / "plain", dataclasses.replace(cfg, domain_randomisation=0.0),
+                                         seed=1, progress=False))
+    flags = {s: [i["meta"]["randomised"] for i in mixed[s]] for s in SPLITS}
+    assert not any(flags["validation"]) and not any(flags["testing"]) and mixed["testing"]
+    for cls in {i["label"] for i in mixed["training"]}:
+        members = [i["meta"]["randomised"] for i in mixed["training"] if i["label"] == cls]
+        assert sum(members) == round(0.5 * len(members))
+    for split in SPLITS:
+        for a, b in zip(mixed[split], plain[split]):
+            same_image = np.array_equal(load_nifti(a["image"]).array, load_nifti(b["image"]).array)
+            assert same_image != a["meta"]["randomised"]
+            assert np.array_equal(load_nifti(a["gt"]).array, load_nifti(b["gt"]).array)

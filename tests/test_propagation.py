@@ -292,14 +292,18 @@ def test_network_only_labels_are_written_for_the_listed_splits(tmp_path: Path) -
 def test_two_worker_processes_write_the_labels_of_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The subjects spread over spawned single-thread processes (what the default profile does)
     give the same label maps and fold statistics as one process: nothing in the per-subject
-    context fails to pickle, and the refinement's bits do not follow the worker count."""
+    context fails to pickle (not even the last training step's graph that VoxelMorph keeps on the
+    model), and the refinement's bits do not follow the worker count."""
     monkeypatch.setattr("fetalcmr.workers.MIN_ITEMS", 1)
     data = read_dataset(make_toy_dataset(tmp_path, n_per_class=1))
     atlases = prop.load_atlases(data, 16)
     subjects = prop.load_subjects(data, atlases, 16)
-    model, refine = prop.build_model(TOY_CFG), (prop.RegistrationLoss(TOY_CFG), 2, 0.3)
+    model, _ = prop.train_registration(subjects, atlases, dataclasses.replace(TOY_CFG, iterations=1), progress=False)
+    with torch.enable_grad():  # a forward pass as in training: VoxelMorph keeps its velocity and graph
+        prop.velocity_field(model.train(), subjects[0].image_reg, subjects[1].image_reg)
+    refine = (prop.RegistrationLoss(TOY_CFG), 2, 0.3)
     tables = {w: prop.propagate_subjects(model, subjects, atlases, tmp_path / f"w{w}", progress=False,
-                                         prealign_steps=(2, 1), refine=refine, workers=w) for w in (1, 2)}
+                                         prealign_steps=(2, 1), refine=refine, workers=w) for w in (2, 1)}
     assert list(tables[1]["id"]) == list(tables[2]["id"]) == [s.id for s in subjects]
     for a, b in zip(tables[1]["lp"], tables[2]["lp"], strict=True):
         np.testing.assert_array_equal(load_nifti(a).array, load_nifti(b).array)

@@ -117,6 +117,24 @@ def plan_cohort(cfg: CohortConfig, seed: int) -> list[dict[str, Any]]:
     return plan + test
 
 
+def randomised_ids(plan: list[dict[str, Any]], share: float, seed: int) -> set[str]:
+    """Ids of the training subjects whose appearance is domain-randomised: ``share`` of each class's
+    training subjects (rounded), drawn by ``seed``; validation and test subjects never.
+
+    >>> plan = plan_cohort(CohortConfig(n_subjects=40, grid=32, spacing_mm=1.6, n_test=10), 0)
+    >>> len(randomised_ids(plan, 0.5, 0)), len(randomised_ids(plan, 1.0, 0)), randomised_ids(plan, 0.0, 0)
+    (17, 34, set())
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"domain_randomisation must be a share in [0, 1], got {share}")
+    chosen: set[str] = set()
+    for cls in sorted({p["label"] for p in plan}):
+        members = [p["id"] for p in plan if p["split"] == "training" and p["label"] == cls]
+        order = np.random.default_rng([int(seed), 11, int(cls)]).permutation(len(members))
+        chosen.update(members[i] for i in order[: round(share * len(members))])
+    return chosen
+
+
 def generation_workers() -> int:
     """Processes generating subjects: ``FETALCMR_THREADS`` when set, else the usable cores (at most 4)."""
     env = os.environ.get("FETALCMR_THREADS")
@@ -165,7 +183,8 @@ def generate_cohort(out_dir: str | os.PathLike[str], cohort_cfg: CohortConfig, s
         "atlases": [],
         **{s: [] for s in SPLITS},
     }
-    jobs = [(entry, out, grid, spacing, cohort_cfg.domain_randomisation) for entry in plan]
+    randomised = randomised_ids(plan, float(cohort_cfg.domain_randomisation), seed)
+    jobs = [(entry, out, grid, spacing, entry["id"] in randomised) for entry in plan]
     workers = max(1, min(generation_workers(), len(jobs)))
     items: list[tuple[dict[str, Any], dict[str, Any], SubjectParams]] = []
     with tqdm(total=len(jobs), desc="synthetic cohort", disable=not progress) as bar:
