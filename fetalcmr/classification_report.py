@@ -15,7 +15,7 @@ import pandas as pd
 
 from fetalcmr.anatomy import CLASSES
 from fetalcmr.calibration import expected_calibration_error, reliability_table
-from fetalcmr.classification import ClassificationRun, input_channels, probs_of
+from fetalcmr.classification import SELECT, ClassificationRun, input_channels, probs_of
 from fetalcmr.classmetrics import balanced_accuracy, bootstrap_balanced_accuracy, confusion, per_class_scores
 from fetalcmr.stats import mean_sd
 
@@ -55,6 +55,31 @@ def summary_table(runs: Sequence[ClassificationRun], n_bins: int = 10) -> pd.Dat
         })
     return pd.DataFrame(rows)
 
+
+
+def selection_table(runs: Sequence[ClassificationRun]) -> pd.DataFrame:
+    """Return one row per run with what its validation history says about which epoch to keep
+    (validation split only; the test subjects play no part): the highest validation balanced
+    accuracy, the first epoch reaching it and how many epochs tie there, the epoch of the lowest
+    validation loss, the validation loss at each of those epochs and at the last, and the epoch the
+    run keeps (:data:`fetalcmr.classification.SELECT`)."""
+    rows = []
+    for r in runs:
+        h = r.history.dropna(subset=["val_bacc", "val_loss"])
+        if h.empty:
+            continue
+        top = float(h["val_bacc"].max())
+        at_top = h[h["val_bacc"] >= top - 1e-9]
+        first = at_top.iloc[0]
+        lowest = h.loc[h["val_loss"].idxmin()]
+        last = h.iloc[-1]
+        rows.append({"input": r.kind, "seed": r.seed, "epochs": int(r.history["epoch"].max()),
+                     "val_bacc_max": top, "first_epoch_at_max": int(first["epoch"]),
+                     "epochs_at_max": len(at_top), "val_loss_at_first_max": float(first["val_loss"]),
+                     "epoch_min_val_loss": int(lowest["epoch"]), "val_loss_min": float(lowest["val_loss"]),
+                     "val_loss_last": float(last["val_loss"]),
+                     "kept_epoch": int(last["epoch"]) if SELECT == "last" else int(first["epoch"])})
+    return pd.DataFrame(rows)
 
 
 _EPS = 1e-9  # bootstrap bounds within rounding of 0 count as 0

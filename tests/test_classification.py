@@ -3,10 +3,12 @@ its tables, and the benchmark's keys."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,6 +16,7 @@ from hypothesis import strategies as st
 
 from fetalcmr.classification import (
     INPUT_KINDS,
+    ClassificationRun,
     GridPool,
     InputSelect,
     build_classifier,
@@ -23,6 +26,7 @@ from fetalcmr.classification import (
     run_experiments,
     segmenter_softmax,
     stack_inputs,
+    train_classifier,
 )
 from fetalcmr.classification_report import (
     confusion_cases,
@@ -30,12 +34,14 @@ from fetalcmr.classification_report import (
     pooled_confusion,
     pooled_reliability,
     run_scores,
+    selection_table,
     summary_table,
 )
 from fetalcmr.config import ClassifierConfig, SegmenterConfig
 from fetalcmr.models import make_segmenter
 from fetalcmr.predict import quantise_softmax
 from fetalcmr.stage_bench import classification_costs
+from fetalcmr.train import ClassifyStep, load_checkpoint
 
 TINY = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), dropout=0.0,
                         epochs=1, batch_size=3, lr=1e-3, seeds=(0, 1), aug_prob=0.3, grid=8)
@@ -305,3 +311,30 @@ def test_arch_crop_falls_back_to_the_centre_and_matches_precropped_samples() -> 
     net = build_classifier(cfg, "softmax+image").eval()
     with torch.no_grad():  # the network crops a full input exactly as the samples were cropped
         assert torch.equal(net(x), net(torch.cat([torch.as_tensor(soft), torch.as_tensor(image)])[None]))
+
+
+def test_classifier_keeps_its_last_epoch_even_when_validation_peaked_earlier(
+        tiny_split: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the validation metric falls every epoch, so "best" would be epoch 1's weights
+    falling = iter([0.9, 0.5, 0.1])
+    monkeypatch.setattr(ClassifyStep, "val_metric", lambda self, row: next(falling))
+    cfg = dataclasses.replace(TINY, epochs=3)
+    result = train_classifier(cfg, "image", tiny_split["training"], tiny_split["validation"], tmp_path,
+                              seed=0, progress=False)
+    assert result.best_epoch == 1
+    last = load_checkpoint(tmp_path / "latest.pt")["model"]
+    first = load_checkpoint(tmp_path / "best.pt")["model"]
+    kept = result.model.state_dict()
+    assert any(not torch.equal(first[k], last[k]) for k in last)
+    assert all(torch.equal(kept[k], last[k]) for k in last)
+
+
+def test_selection_table_reads_ties_and_the_loss_minimum_from_the_validation_history(tmp_path: Path) -> None:
+    history = pd.DataFrame({"epoch": [1, 2, 3, 4, 5], "val_bacc": [0.5, 1.0, 1.0, 0.9, 1.0],
+                            "val_loss": [1.0, 0.8, 0.6, 0.5, 0.55]})
+    run = ClassificationRun("softmax", 3, pd.DataFrame(), history, 1.0, 0.1, tmp_path)
+    row = selection_table([run]).iloc[0]
+    assert (row["input"], row["seed"], row["epochs"]) == ("softmax", 3, 5)
+    assert (row["val_bacc_max"], row["first_epoch_at_max"], row["epochs_at_max"]) == (1.0, 2, 3)
+    assert (row["epoch_min_val_loss"], row["val_loss_min"]) == (4, 0.5)
+    assert row["val_loss_at_first_max"] == 0.8 and row["val_loss_last"] == 0.55 and row["kept_epoch"] == 5
