@@ -58,6 +58,10 @@ KIND = "softmax+image"
 #: Per-subject tables of the evaluation, under the run's ``results/``.
 SEG_METRICS_CSV = "joint_segmentation_metrics.csv"
 CLASS_PREDICTIONS_CSV = "joint_classification.csv"
+#: the λ sweep's metrics (Dice against the propagated labels) and class predictions on the validation
+#: split: a balance is a setting to choose, and validation truth is never read
+SWEEP_METRICS_CSV = "joint_sweep_segmentation_metrics.csv"
+SWEEP_PREDICTIONS_CSV = "joint_sweep_classification.csv"
 
 
 def compared_methods(class_predictions: pd.DataFrame) -> list[str]:
@@ -213,7 +217,7 @@ def predict_and_evaluate(models: Mapping[str, JointNet], samples: Sequence[Mappi
     cls_rows = [row for _, rows in per_subject for row in rows]
     seg = pd.concat(seg_rows, ignore_index=True) if seg_rows else pd.DataFrame(
         columns=["method", "id", "cls", "label", "name", "dice", "hd95", "asd", "precision"])
-    return seg, pd.DataFrame(cls_rows)
+    return seg, pd.DataFrame(cls_rows) if cls_rows else pd.DataFrame(columns=["method", "id", "label", "pred"])
 
 
 def _dice_frame(pred: np.ndarray, truth: np.ndarray, labels: Mapping[int, str]) -> pd.DataFrame:
@@ -269,11 +273,14 @@ def truth_maps(items: Sequence[Mapping[str, Any]], *, grid: int | None, spacing_
 
 @dataclass
 class JointExperiment:
-    """Fine-tuning runs, test-set metrics and training times of notebook 04."""
+    """Fine-tuning runs, test-set metrics (validation-split metrics of the λ sweep) and training times
+    of notebook 04."""
 
     runs: dict[str, TrainResult]
     seg: pd.DataFrame
     cls: pd.DataFrame
+    sweep_seg: pd.DataFrame
+    sweep_cls: pd.DataFrame
     train_seconds: dict[str, float]
     ensemble_members: list[str]
     sweep_methods: dict[float, str]
@@ -285,13 +292,16 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
                           truth: Mapping[str, np.ndarray | None], spacing_mm: float, labels: Mapping[int, str],
                           out_dir: str | os.PathLike[str], predictions_dir: str | os.PathLike[str],
                           results_dir: str | os.PathLike[str], progress: bool = True) -> JointExperiment:
-    """Return the joint experiment: λ fine-tuning, the λ = 0 control, ensemble members and the λ sweep,
-    all evaluated with the separately trained pair on the test subjects.
+    """Return the joint experiment: λ fine-tuning, the λ = 0 control and ensemble members, evaluated
+    with the separately trained pair on the test subjects, and the λ sweep, evaluated on the
+    validation subjects (the balance is a setting; settings are chosen there) against their
+    propagated labels (``lp``: the weak labels; validation truth is never read).
 
-    Runs (engine resume/loading) live in ``out_dir``; the joint pair's label maps go to
+    ``truth`` maps test ids to their multi-class truth (None: no segmentation metrics). Runs (engine resume/loading) live in ``out_dir``; the joint pair's label maps go to
     ``predictions_dir/joint/<id>.nii.gz``; the per-subject tables to ``results_dir``
-    (``joint_segmentation_metrics.csv``, ``joint_classification.csv``), reused while the
-    checkpoints and test subjects are unchanged.
+    (:data:`SEG_METRICS_CSV`, :data:`CLASS_PREDICTIONS_CSV` and the sweep's
+    :data:`SWEEP_METRICS_CSV`, :data:`SWEEP_PREDICTIONS_CSV`), reused while the checkpoints and the
+    evaluated subjects are unchanged.
     """
     from fetalcmr.cache import is_fresh, mark_fresh
 
@@ -329,28 +339,35 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
 
     members = ["joint", *[f"joint_seed{s}" for s in seeds[1:]]]
     ensembles = {"ensemble": members} if len(members) > 1 else {}
+    sweeps = set(sweep_methods.values())
     eval_key = content_key("joint-eval", {n: file_digest(r.out_dir / "latest.pt") for n, r in runs.items()},
-                           seg_key, key(main), [s["id"] for s in test_s], sorted(ensembles))
+                           seg_key, key(main), [s["id"] for s in test_s], [s["id"] for s in val_s],
+                           sorted(ensembles))
     record = results_dir / "joint_eval.json"
-    seg_csv, cls_csv = results_dir / SEG_METRICS_CSV, results_dir / CLASS_PREDICTIONS_CSV
+    csvs = [results_dir / f for f in (SEG_METRICS_CSV, CLASS_PREDICTIONS_CSV, SWEEP_METRICS_CSV,
+                                      SWEEP_PREDICTIONS_CSV)]
     joint = get("joint")
     pred_dir = Path(predictions_dir) / str(joint.folder)
     saved = all((pred_dir / f"{s['id']}.nii.gz").exists() for s in test_s)
-    if is_fresh(record, eval_key) and seg_csv.exists() and cls_csv.exists() and saved:
-        seg, cls = pd.read_csv(seg_csv), pd.read_csv(cls_csv)
+    if is_fresh(record, eval_key) and all(p.exists() for p in csvs) and saved:
+        frames = [pd.read_csv(p, dtype={"id": str}) for p in csvs]
     else:
         models: dict[str, JointNet] = {"separate": factory(main)().eval()}
-        models.update({n: r.model for n, r in runs.items()})
-        seg, cls = predict_and_evaluate(models, test_s, truth, spacing_mm=spacing_mm, labels=labels,
-                                        ensembles=ensembles, save_dirs={joint.id: pred_dir},
-                                        dice_only=list(sweep_methods.values()), progress=progress)
+        models.update({n: r.model for n, r in runs.items() if n not in sweeps})
+        frames = [*predict_and_evaluate(models, test_s, truth, spacing_mm=spacing_mm, labels=labels,
+                                        ensembles=ensembles, save_dirs={joint.id: pred_dir}, progress=progress),
+                  *predict_and_evaluate({n: runs[n].model for n in sweep_methods.values()}, val_s,
+                                        {str(s["id"]): np.asarray(s["lp"])[0] for s in val_s},
+                                        spacing_mm=spacing_mm, labels=labels, dice_only=sorted(sweeps),
+                                        progress=progress)]
         results_dir.mkdir(parents=True, exist_ok=True)
-        for df, path in ((seg, seg_csv), (cls, cls_csv)):
+        for df, path in zip(frames, csvs, strict=True):
             with atomic_path(path) as tmp:
                 df.to_csv(tmp, index=False)
         mark_fresh(record, eval_key)
-    return JointExperiment(runs=runs, seg=seg, cls=cls, train_seconds=seconds, ensemble_members=members,
-                           sweep_methods=sweep_methods)
+    seg, cls, sweep_seg, sweep_cls = frames
+    return JointExperiment(runs=runs, seg=seg, cls=cls, sweep_seg=sweep_seg, sweep_cls=sweep_cls,
+                           train_seconds=seconds, ensemble_members=members, sweep_methods=sweep_methods)
 
 
 @dataclass(frozen=True, eq=False)
@@ -359,6 +376,8 @@ class JointOutputs:
 
     seg_metrics: pd.DataFrame  # per test subject and label, every method (``joint_segmentation_metrics.csv``)
     class_predictions: pd.DataFrame  # per test subject, every method: label, pred, p0… (``joint_classification.csv``)
+    sweep_metrics: pd.DataFrame  # the λ sweep's runs per validation subject and label: Dice against ``lp``
+    sweep_predictions: pd.DataFrame  # the λ sweep's runs per validation subject: label, pred, p0…
     run_dirs: Mapping[str, Path]  # fine-tuning run -> its folder
     histories: Mapping[str, pd.DataFrame]  # fine-tuning run -> training history
     ensemble_members: tuple[str, ...]
@@ -383,6 +402,8 @@ def _read_outputs(paths: RunPaths) -> JointOutputs:
     return JointOutputs(
         seg_metrics=pd.read_csv(paths.results_dir / SEG_METRICS_CSV, dtype={"id": str}),
         class_predictions=pd.read_csv(paths.results_dir / CLASS_PREDICTIONS_CSV, dtype={"id": str}),
+        sweep_metrics=pd.read_csv(paths.results_dir / SWEEP_METRICS_CSV, dtype={"id": str}),
+        sweep_predictions=pd.read_csv(paths.results_dir / SWEEP_PREDICTIONS_CSV, dtype={"id": str}),
         run_dirs=run_dirs, histories={n: read_history(d) for n, d in run_dirs.items()},
         ensemble_members=tuple(record["ensemble_members"]),
         sweep_methods={float(lam): str(name) for lam, name in record["sweep"]},
@@ -439,6 +460,6 @@ def load_joint(paths: RunPaths) -> JointOutputs:
 
     Raises :class:`fetalcmr.paths.StageNotRun` when the stage has not run there.
     """
-    paths.require(STAGE, paths.outputs_record(STAGE), paths.results_dir / SEG_METRICS_CSV,
-                  paths.results_dir / CLASS_PREDICTIONS_CSV)
+    paths.require(STAGE, paths.outputs_record(STAGE), *[paths.results_dir / f for f in (
+        SEG_METRICS_CSV, CLASS_PREDICTIONS_CSV, SWEEP_METRICS_CSV, SWEEP_PREDICTIONS_CSV)])
     return _read_outputs(paths)

@@ -201,7 +201,7 @@ def plot_paired_dice(seg: pd.DataFrame, a: str, b: str, ax: Any, classes: Mappin
 def plot_sweep(table: pd.DataFrame, axes: Sequence[Any]) -> None:
     """Plot Dice (and DAA Dice) and balanced accuracy against λ on two axes."""
     x = table["lambda"]
-    axes[0].plot(x, table["dice"], marker="o", label="all test subjects")
+    axes[0].plot(x, table["dice"], marker="o", label="all subjects")
     axes[0].plot(x, table["dice_daa"], marker="s", label="DAA")
     axes[0].set(xlabel="λ", ylabel="mean Dice", title="segmentation")
     axes[1].plot(x, table["balanced_accuracy"], marker="o", color="tab:green")

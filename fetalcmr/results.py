@@ -103,7 +103,7 @@ def _joint(t: Tables) -> str:
     sweep = t.get("tab04_lambda_sweep")
     if sweep is not None and len(sweep) > 1:
         first, last = sweep.iloc[0], sweep.iloc[-1]
-        text += (f"; λ sweep: Dice {_f(first['dice'])} at λ = {first['lambda']:g}, "
+        text += (f"; λ sweep (validation): Dice {_f(first['dice'])} at λ = {first['lambda']:g}, "
                  f"{_f(last['dice'])} at λ = {last['lambda']:g}")
     return text
 

@@ -73,8 +73,10 @@ def method_checkpoint(models_dir: str | os.PathLike[str], method: str = METHOD) 
 
 
 def train_config(cfg: SegmenterConfig, method: str, seed: int) -> TrainConfig:
-    """Return the engine configuration of network ``method`` from the profile's segmenter section."""
-    return TrainConfig(mode="segment", epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+    """Return the engine configuration of network ``method`` from the profile's segmenter section
+    (network (d), ``net_manual``, trains for ``cfg.manual_epochs`` when set)."""
+    epochs = cfg.manual_epochs if method == "net_manual" and cfg.manual_epochs is not None else cfg.epochs
+    return TrainConfig(mode="segment", epochs=epochs, batch_size=cfg.batch_size, lr=cfg.lr,
                        weight_decay=cfg.weight_decay, aug_prob=cfg.aug_prob, patch=cfg.patch,
                        targets=TARGETS[method], binary_weight=tuple(cfg.binary_weight), seed=seed,
                        val_every=cfg.val_every, select="best")

@@ -48,3 +48,14 @@ def test_environment_yml_installs_the_same_pins() -> None:
 
 def test_makefile_installs_with_the_lock() -> None:
     assert "-c constraints.txt -e '.[test]'" in (ROOT / "Makefile").read_text()
+
+
+def test_importing_the_package_first_keeps_monai_from_building_the_iri_grammar() -> None:
+    """``import fetalcmr`` before monai leaves rfc3987-syntax unimported (a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fetalcmr, monai, jsonschema; "
+            "print(sys.modules.get('rfc3987_syntax') is None, 'lark' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False"], out

@@ -268,7 +268,7 @@ def test_output_path_that_cannot_be_a_folder(bundle_dir: Path, tmp_path: Path,
 
 
 def test_export_copies_a_loadable_bundle_and_refuses_a_broken_one(bundle_dir: Path, tmp_path: Path) -> None:
-    from fetalcmr.joint import CLASS_PREDICTIONS_CSV, SEG_METRICS_CSV, STAGE
+    from fetalcmr.joint import CLASS_PREDICTIONS_CSV, SEG_METRICS_CSV, STAGE, SWEEP_METRICS_CSV, SWEEP_PREDICTIONS_CSV
     from fetalcmr.paths import RunPaths
 
     run = tmp_path / "run"
@@ -280,7 +280,7 @@ def test_export_copies_a_loadable_bundle_and_refuses_a_broken_one(bundle_dir: Pa
     assert not out.exists()
     paths = RunPaths(run)  # what notebook 04 writes besides the bundle (no runs recorded here)
     paths.results_dir.mkdir(parents=True)
-    for name in (SEG_METRICS_CSV, CLASS_PREDICTIONS_CSV):
+    for name in (SEG_METRICS_CSV, CLASS_PREDICTIONS_CSV, SWEEP_METRICS_CSV, SWEEP_PREDICTIONS_CSV):
         (paths.results_dir / name).write_text("id\n")
     paths.outputs_record(STAGE).write_text(json.dumps({"runs": [], "ensemble_members": [], "sweep": []}))
     assert cli_main(["export", "--run-dir", str(run), "--out", str(out)]) == 0

@@ -26,6 +26,7 @@ from fetalcmr.segmentation import (
     run_segmentation,
     save_softmax_files,
     supervision_agreement,
+    train_config,
     train_segmenters,
 )
 from fetalcmr.segmentation_report import (
@@ -118,6 +119,13 @@ def _toy_tables() -> tuple[pd.DataFrame, pd.DataFrame]:
             region.append({"method": m, "id": f"s{i}", "class": "CoA" if i % 2 else "DAA",
                            "dice": 0.9, "sensitivity": 0.9, "specificity": 0.99, "precision": 0.9})
     return pd.DataFrame(rows), pd.DataFrame(region)
+
+
+def test_only_the_manual_mask_network_takes_its_own_epoch_count() -> None:
+    cfg = SegmenterConfig(epochs=30, manual_epochs=15)
+    epochs = {m: train_config(cfg, m, seed=0).epochs for m in ("net_lp", "net_lp_manual", "net_manual")}
+    assert epochs == {"net_lp": 30, "net_lp_manual": 30, "net_manual": 15}
+    assert train_config(SegmenterConfig(epochs=30), "net_manual", seed=0).epochs == 30
 
 
 def test_wilcoxon_matches_scipy_on_subject_means() -> None:

@@ -142,9 +142,14 @@ def test_load_joint_returns_what_the_run_wrote(chain: dict[str, Any]) -> None:
     bundle = load_bundle(loaded.bundle_dir)
     assert len(bundle.members) == 2 and bundle.info["provenance"]["test"] == "stages"
     # every method in the tables is a registry method or a named run of it
-    runs = {"joint_seed1", "sweep_0", "sweep_14"}
+    runs = {"joint_seed1"}
     assert set(loaded.class_predictions["method"]) - runs == {m.id for m in methods_of("04_joint_training")}
     assert set(loaded.seg_metrics["method"]) == set(loaded.class_predictions["method"])
+    # the λ sweep is a setting: its runs are evaluated on the validation subjects only, never on the test ones
+    validation = {str(it["id"]) for it in data["validation"]}
+    for frame in (loaded.sweep_metrics, loaded.sweep_predictions):
+        assert set(frame["method"]) == {"sweep_0", "sweep_14"} and set(frame["id"]) == validation
+    assert loaded.sweep_metrics["dice"].notna().all() and loaded.sweep_metrics["hd95"].isna().all()
 
 
 def test_review_reads_the_networks_from_the_stage_outputs(chain: dict[str, Any]) -> None:
