@@ -297,7 +297,8 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
     validation subjects (the balance is a setting; settings are chosen there) against their
     propagated labels (``lp``: the weak labels; validation truth is never read).
 
-    ``truth`` maps test ids to their multi-class truth (None: no segmentation metrics). Runs (engine resume/loading) live in ``out_dir``; the joint pair's label maps go to
+    ``truth`` maps test ids to their multi-class truth (None: no segmentation metrics). Runs (engine
+    resume/loading) live in ``out_dir``; the joint pair's label maps go to
     ``predictions_dir/joint/<id>.nii.gz``; the per-subject tables to ``results_dir``
     (:data:`SEG_METRICS_CSV`, :data:`CLASS_PREDICTIONS_CSV` and the sweep's
     :data:`SWEEP_METRICS_CSV`, :data:`SWEEP_PREDICTIONS_CSV`), reused while the checkpoints and the
