@@ -191,3 +191,26 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert ranks["world_size"] == 2 and ranks["epochs"] == 2
     assert ranks["checksums"][0] == pytest.approx(ranks["checksums"][1], rel=1e-9)  # DDP kept ranks in sync
     assert len(pd.read_csv(tmp_path / "model" / "history.csv")) == 2
+
+
+def test_training_runs_channels_last_and_returns_a_contiguous_model(toy: dict[str, Any], tmp_path: Path) -> None:
+    tr, va = _seg(toy)
+    layouts: list[bool] = []
+
+    def model() -> torch.nn.Module:
+        net = make_segmenter(NET)
+        weights = [p for p in net.parameters() if p.ndim == 5 and p.shape[1] > 1]  # one channel: layouts agree
+
+        def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            if module.training:
+                layouts.append(args[0].is_contiguous(memory_format=torch.channels_last_3d)
+                               and all(p.is_contiguous(memory_format=torch.channels_last_3d) for p in weights))
+
+        net.register_forward_pre_hook(record)
+        return net
+
+    cfg = TrainConfig(mode="segment", epochs=1, batch_size=2, lr=1e-3, aug_prob=0.0, targets="lp")
+    res = train(model, tr, va, cfg, tmp_path, progress=False)
+    assert layouts and all(layouts)  # every training step: channels-last input and 3D weights
+    weights = [p for p in res.model.parameters() if p.ndim == 5]
+    assert weights and all(p.is_contiguous() for p in weights)  # handed back as a loaded checkpoint is

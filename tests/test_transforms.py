@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
-from monai.transforms import Compose, RandAffined
+from monai.transforms import Compose, RandAffined, Randomizable
 
-from fetalcmr.transforms import RandVesselPatchd, augment, augmentation
+from fetalcmr.transforms import RandVesselPatchd, augment, augmentation, seed_pipeline
 
 KEYS = ("image", "extra", "lp", "binary")
 
@@ -101,3 +101,13 @@ def test_vessel_patch_is_one_crop_of_every_key_centred_on_the_guide() -> None:
     assert len(starts) > 1  # uniform placement varies with the seed
     whole = RandVesselPatchd(("image", "lp"), size=40)(sample)  # larger than the volume: the whole volume
     np.testing.assert_array_equal(whole["image"], sample["image"])
+
+
+def test_one_generator_drives_every_random_transform() -> None:
+    pipe = augmentation(1.0, KEYS, patch=10)
+    seed_pipeline(pipe, 11)
+    states = {id(t.R) for t in pipe.transforms if isinstance(t, Randomizable)}
+    assert len(states) == 1
+    # the inner array transforms of the dictionary transforms draw from it too
+    affine = next(t for t in pipe.transforms if isinstance(t, RandAffined))
+    assert affine.rand_affine.R is affine.R and affine.rand_affine.rand_affine_grid.R is affine.R
