@@ -474,15 +474,20 @@ def replace_readme_block(text: str, block: str, mark_start: str = MARK_START, ma
     return text.replace(current, block, 1)
 
 
-def update_readme(readme: str | Path, claims: pd.DataFrame) -> bool:
-    """Write the claims block of ``claims`` into ``readme`` (atomically); True when it changed."""
+def write_readme_block(readme: str | Path, block: str, mark_start: str = MARK_START, mark_end: str = MARK_END) -> bool:
+    """Write ``block`` between its markers in ``readme`` (atomically); True when it changed."""
     path = Path(readme)
     text = path.read_text()
-    new = replace_readme_block(text, render_readme_block(claims))
+    new = replace_readme_block(text, block, mark_start, mark_end)
     if new == text:
         return False
     write_text_atomic(path, new)
     return True
+
+
+def update_readme(readme: str | Path, claims: pd.DataFrame) -> bool:
+    """Write the claims block of ``claims`` into ``readme`` (atomically); True when it changed."""
+    return write_readme_block(readme, render_readme_block(claims))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fetalcmr.claims import replace_readme_block
+from fetalcmr.claims import write_readme_block
 from fetalcmr.methods import METHODS, get
 
 MARK_START, MARK_END = "<!-- results:start -->", "<!-- results:end -->"
@@ -169,12 +169,4 @@ def render_results_block(folder: str | Path) -> str:
 
 def update_readme(readme: str | Path, folder: str | Path) -> bool:
     """Write the results block of ``folder``'s tables into ``readme``; True when it changed."""
-    from fetalcmr.atomic import write_text_atomic
-
-    path = Path(readme)
-    text = path.read_text()
-    new = replace_readme_block(text, render_results_block(folder), MARK_START, MARK_END)
-    if new == text:
-        return False
-    write_text_atomic(path, new)
-    return True
+    return write_readme_block(readme, render_results_block(folder), MARK_START, MARK_END)

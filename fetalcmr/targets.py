@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from fetalcmr.claims import PAPER_LEVEL, replace_readme_block
+from fetalcmr.claims import PAPER_LEVEL, write_readme_block
 from fetalcmr.methods import get
 from fetalcmr.results import Tables, read_tables
 
@@ -167,12 +167,4 @@ def render_targets_block(targets: pd.DataFrame) -> str:
 
 def update_readme(readme: str | Path, targets: pd.DataFrame) -> bool:
     """Write the targets block into ``readme`` (atomically); True when it changed."""
-    from fetalcmr.atomic import write_text_atomic
-
-    path = Path(readme)
-    text = path.read_text()
-    new = replace_readme_block(text, render_targets_block(targets), MARK_START, MARK_END)
-    if new == text:
-        return False
-    write_text_atomic(path, new)
-    return True
+    return write_readme_block(readme, render_targets_block(targets), MARK_START, MARK_END)

@@ -39,6 +39,18 @@ def make_item(folder: Path, sid: str, cls: int, shape: tuple[int, int, int] = (1
 
 
 @pytest.fixture()
+def committed_tables(tmp_path: Path) -> Path:
+    """A copy of every committed stage table (``figures/tab*.csv``) to read or alter."""
+    import shutil
+
+    from fetalcmr.notebook import REPO_ROOT
+
+    for table in (REPO_ROOT / "figures").glob("tab*.csv"):
+        shutil.copy(table, tmp_path / table.name)
+    return tmp_path
+
+
+@pytest.fixture()
 def tiny_dataset(tmp_path: Path) -> Path:
     """A valid 5-subject dataset.json in ``tmp_path``."""
     items = [make_item(tmp_path, f"sub-{i:03d}", i % 3, seed=i) for i in range(5)]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -16,10 +15,8 @@ FIGURES = REPO_ROOT / "figures"
 
 
 @pytest.fixture()
-def tables(tmp_path: Path) -> Path:
-    for p in FIGURES.glob("tab*.csv"):
-        shutil.copy(p, tmp_path / p.name)
-    return tmp_path
+def tables(committed_tables: Path) -> Path:
+    return committed_tables
 
 
 def test_every_step_has_a_row_built_from_its_tables(tables: Path) -> None:

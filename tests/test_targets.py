@@ -3,7 +3,6 @@ and the README's targets block is the one the committed tables render to."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -17,10 +16,8 @@ FIGURES = REPO_ROOT / "figures"
 
 
 @pytest.fixture()
-def tables(tmp_path: Path) -> Path:
-    for p in FIGURES.glob("tab*.csv"):
-        shutil.copy(p, tmp_path / p.name)
-    return tmp_path
+def tables(committed_tables: Path) -> Path:
+    return committed_tables
 
 
 def _row(targets: pd.DataFrame, goal: str) -> pd.Series:
