@@ -62,12 +62,20 @@ CLASS_PREDICTIONS_CSV = "joint_classification.csv"
 #: split: a balance is a setting to choose, and validation truth is never read
 SWEEP_METRICS_CSV = "joint_sweep_segmentation_metrics.csv"
 SWEEP_PREDICTIONS_CSV = "joint_sweep_classification.csv"
+#: fine-tuning runs whose test label maps are kept (under ``predictions/``, in their registry folder): the
+#: joint pair and its λ = 0 control, so that notebook 05 compares their topology after the same steps
+SAVED_MAPS: tuple[str, ...] = ("joint", "lambda0")
 
 
 def compared_methods(class_predictions: pd.DataFrame) -> list[str]:
     """Return the compared methods (registry order: separate, λ = 0, joint, ensemble) that have predictions."""
     present = set(class_predictions["method"])
     return [m.id for m in methods_of(STAGE) if m.id in present]
+
+
+def prediction_dirs(predictions_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Return ``{method id: folder}`` of the label maps of :data:`SAVED_MAPS` under ``predictions_dir``."""
+    return {m: Path(predictions_dir) / str(get(m).folder or m) for m in SAVED_MAPS}
 
 
 def joint_run_dir(out_dir: str | os.PathLike[str], name: str) -> Path:
@@ -298,8 +306,8 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
     propagated labels (``lp``: the weak labels; validation truth is never read).
 
     ``truth`` maps test ids to their multi-class truth (None: no segmentation metrics). Runs (engine
-    resume/loading) live in ``out_dir``; the joint pair's label maps go to
-    ``predictions_dir/joint/<id>.nii.gz``; the per-subject tables to ``results_dir``
+    resume/loading) live in ``out_dir``; the label maps of the joint pair and of the λ = 0 control go to
+    ``predictions_dir/<method>/<id>.nii.gz`` (:func:`prediction_dirs`); the per-subject tables to ``results_dir``
     (:data:`SEG_METRICS_CSV`, :data:`CLASS_PREDICTIONS_CSV` and the sweep's
     :data:`SWEEP_METRICS_CSV`, :data:`SWEEP_PREDICTIONS_CSV`), reused while the checkpoints and the
     evaluated subjects are unchanged.
@@ -343,20 +351,19 @@ def run_joint_experiments(*, seg_cfg: SegmenterConfig, seg_state: Mapping[str, t
     sweeps = set(sweep_methods.values())
     eval_key = content_key("joint-eval", {n: file_digest(r.out_dir / "latest.pt") for n, r in runs.items()},
                            seg_key, key(main), [s["id"] for s in test_s], [s["id"] for s in val_s],
-                           sorted(ensembles))
+                           sorted(ensembles), SAVED_MAPS)
     record = results_dir / "joint_eval.json"
     csvs = [results_dir / f for f in (SEG_METRICS_CSV, CLASS_PREDICTIONS_CSV, SWEEP_METRICS_CSV,
                                       SWEEP_PREDICTIONS_CSV)]
-    joint = get("joint")
-    pred_dir = Path(predictions_dir) / str(joint.folder)
-    saved = all((pred_dir / f"{s['id']}.nii.gz").exists() for s in test_s)
+    pred_dirs = prediction_dirs(predictions_dir)
+    saved = all((d / f"{s['id']}.nii.gz").exists() for d in pred_dirs.values() for s in test_s)
     if is_fresh(record, eval_key) and all(p.exists() for p in csvs) and saved:
         frames = [pd.read_csv(p, dtype={"id": str}) for p in csvs]
     else:
         models: dict[str, JointNet] = {"separate": factory(main)().eval()}
         models.update({n: r.model for n, r in runs.items() if n not in sweeps})
         frames = [*predict_and_evaluate(models, test_s, truth, spacing_mm=spacing_mm, labels=labels,
-                                        ensembles=ensembles, save_dirs={joint.id: pred_dir}, progress=progress),
+                                        ensembles=ensembles, save_dirs=pred_dirs, progress=progress),
                   *predict_and_evaluate({n: runs[n].model for n in sweep_methods.values()}, val_s,
                                         {str(s["id"]): np.asarray(s["lp"])[0] for s in val_s},
                                         spacing_mm=spacing_mm, labels=labels, dice_only=sorted(sweeps),
@@ -383,7 +390,7 @@ class JointOutputs:
     histories: Mapping[str, pd.DataFrame]  # fine-tuning run -> training history
     ensemble_members: tuple[str, ...]
     sweep_methods: Mapping[float, str]  # λ -> its sweep run
-    prediction_dirs: Mapping[str, Path]  # method id -> folder of the test subjects' label maps (the joint pair)
+    prediction_dirs: Mapping[str, Path]  # method id -> folder of the test subjects' label maps (:data:`SAVED_MAPS`)
     bundle_dir: Path  # the exported model bundle (:mod:`fetalcmr.bundle`)
 
     @property
@@ -399,7 +406,6 @@ def _read_outputs(paths: RunPaths) -> JointOutputs:
     record = json.loads(paths.outputs_record(STAGE).read_text())
     run_dirs = {str(n): joint_run_dir(paths.joint_dir, str(n)) for n in record["runs"]}
     paths.require(STAGE, *[d / "history.csv" for d in run_dirs.values()])
-    joint = get("joint")
     return JointOutputs(
         seg_metrics=pd.read_csv(paths.results_dir / SEG_METRICS_CSV, dtype={"id": str}),
         class_predictions=pd.read_csv(paths.results_dir / CLASS_PREDICTIONS_CSV, dtype={"id": str}),
@@ -408,7 +414,7 @@ def _read_outputs(paths: RunPaths) -> JointOutputs:
         run_dirs=run_dirs, histories={n: read_history(d) for n, d in run_dirs.items()},
         ensemble_members=tuple(record["ensemble_members"]),
         sweep_methods={float(lam): str(name) for lam, name in record["sweep"]},
-        prediction_dirs={joint.id: paths.predictions_dir / str(joint.folder)}, bundle_dir=paths.bundle_dir)
+        prediction_dirs=prediction_dirs(paths.predictions_dir), bundle_dir=paths.bundle_dir)
 
 
 def run_joint(data: Mapping[str, Any], segmentation: SegmentationOutputs, classification: ClassificationOutputs, *,
@@ -420,10 +426,10 @@ def run_joint(data: Mapping[str, Any], segmentation: SegmentationOutputs, classi
 
     The pair starts from ``segmentation``'s LP+manual segmenter and ``classification``'s
     softmax+image classifier of each ensemble seed (their finished runs' weights; nothing is
-    retrained). Runs go to ``paths.joint_dir``, label maps of the joint pair to
-    ``predictions/joint/``, tables to ``results/``, the bundle to ``paths.bundle_dir`` (with the
-    compared methods' Dice and balanced accuracy, and ``provenance``). The stage's record is
-    written last; the outputs are read back, so they equal :func:`load_joint`'s.
+    retrained). Runs go to ``paths.joint_dir``, label maps of the joint pair and the λ = 0 control to
+    ``predictions/joint/`` and ``predictions/lambda0/``, tables to ``results/``, the bundle to
+    ``paths.bundle_dir`` (with the compared methods' Dice and balanced accuracy, and ``provenance``).
+    The stage's record is written last; the outputs are read back, so they equal :func:`load_joint`'s.
     """
     from fetalcmr.atomic import write_json_atomic
     from fetalcmr.bundle import coa_template, export_bundle

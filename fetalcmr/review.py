@@ -1,5 +1,6 @@
 """Topology review across methods (notebook 05): per-subject verdicts of label propagation, the
-LP-only and LP+manual networks and joint training; an expert review sheet and its agreement
+LP-only and LP+manual networks, fine-tuning without the classification term (the λ = 0 control) and
+joint training; an expert review sheet and its agreement
 (Cohen's kappa) with the verdicts. Rates, tests and figures are in :mod:`fetalcmr.review_report`.
 
 Each test subject's label maps (truth where known, the LP baseline, each network's prediction)
@@ -34,7 +35,7 @@ from fetalcmr.topology import topology_report
 from fetalcmr.topology_rule import classify_topology
 
 #: The reviewed methods (registry ids), in display order: the truth, the LP baseline, the networks.
-REVIEWED: tuple[str, ...] = ("truth", "lp", "net_lp", "net_lp_manual", "joint")
+REVIEWED: tuple[str, ...] = ("truth", "lp", "net_lp", "net_lp_manual", "lambda0", "joint")
 #: Name of the ground-truth "method" (a reference row: the checker must call every truth correct).
 TRUTH: str = METHODS["truth"].short
 #: Name of the label propagation baseline (oracle-class atlas for test subjects; read from the items' ``lp``).

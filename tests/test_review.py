@@ -180,7 +180,7 @@ def test_review_names_and_colours_come_from_the_registry() -> None:
 
     from fetalcmr.methods import METHODS
 
-    assert rv.review_order() == ("truth", "LP", "LP-only", "LP+manual", "joint")  # the tables' method names
+    assert rv.review_order() == ("truth", "LP", "LP-only", "LP+manual", "λ = 0", "joint")  # the tables' method names
     assert (rv.TRUTH, rv.LP) == (METHODS["truth"].short, METHODS["lp"].short)
     rates = rr.correct_rates(_reports([("a", 2, "LP+manual", True), ("a", 2, "joint", False)]))
     fig, ax = plt.subplots()
@@ -316,7 +316,7 @@ def test_postprocessing_chosen_on_validation_softmax_and_applied(tmp_path: Path,
     np.testing.assert_array_equal(refs[0], sub.gt)
     choices = rv.choose_for_methods({"LP+manual": (preds, refs)}, rv.review_order(), range(1, 12),
                                     fallback="LP+manual")
-    assert set(choices) == {"LP", "LP-only", "LP+manual", "joint"}  # the truth is never post-processed
+    assert set(choices) == {"LP", "LP-only", "LP+manual", "λ = 0", "joint"}  # the truth is never post-processed
     assert LABEL_INDEX["AO"] in choices["LP+manual"].postprocessing.labels
     assert choices["joint"].chosen_on == "LP+manual" and choices["joint"] == choices["LP+manual"]
     none = rv.choose_for_methods({}, ["joint"], [4], fallback="LP+manual")["joint"]

@@ -135,9 +135,11 @@ def test_load_joint_returns_what_the_run_wrote(chain: dict[str, Any]) -> None:
     assert J.compared_methods(loaded.class_predictions) == ["separate", "lambda0", "joint", "ensemble"]
     assert loaded.ensemble_members == ("joint", "joint_seed1") and loaded.sweep_methods == {0.0: "sweep_0",
                                                                                           14.0: "sweep_14"}
-    folder = loaded.prediction_dirs["joint"]
-    assert folder == chain["paths"].predictions_dir / get("joint").folder
-    assert sorted(p.name for p in folder.glob("*.nii.gz")) == sorted(f"{it['id']}.nii.gz" for it in data["testing"])
+    assert list(loaded.prediction_dirs) == ["joint", "lambda0"]  # the joint pair and its control, same steps
+    assert loaded.prediction_dirs["joint"] == chain["paths"].predictions_dir / get("joint").folder
+    for folder in loaded.prediction_dirs.values():
+        assert sorted(p.name for p in folder.glob("*.nii.gz")) == sorted(f"{it['id']}.nii.gz"
+                                                                         for it in data["testing"])
     assert set(loaded.train_seconds) == set(loaded.run_dirs) and all(d.is_dir() for d in loaded.run_dirs.values())
     bundle = load_bundle(loaded.bundle_dir)
     assert len(bundle.members) == 2 and bundle.info["provenance"]["test"] == "stages"
@@ -156,7 +158,7 @@ def test_review_reads_the_networks_from_the_stage_outputs(chain: dict[str, Any])
     seg, joint = load_segmentation(chain["paths"]), J.load_joint(chain["paths"])
     dirs = rv.network_dirs({**seg.prediction_dirs, **joint.prediction_dirs})
     assert dirs == {"LP-only": seg.prediction_dirs["net_lp"], "LP+manual": seg.prediction_dirs["net_lp_manual"],
-                    "joint": joint.prediction_dirs["joint"]}
+                    "λ = 0": joint.prediction_dirs["lambda0"], "joint": joint.prediction_dirs["joint"]}
     cases, messages = rv.load_cases(chain["data"]["testing"], dirs)
     assert not messages and all(list(c.maps) == list(rv.review_order()) for c in cases)
 

@@ -62,6 +62,26 @@ def test_a_changed_cell_changes_whether_a_target_is_met(tables: Path) -> None:
     assert _row(tg.build_targets(tables), f"Dice AO/DAO/MPA, {column}")["met"] == "no"
 
 
+def test_the_lp_column_shows_the_labels_the_networks_learn_from(tables: Path) -> None:
+    dice = pd.read_csv(tables / "tab02_dice.csv")
+    dice.loc[dice["label"] == "AO", "(a) LP"] = "0.555 (0.010)"
+    dice.to_csv(tables / "tab02_dice.csv", index=False)
+    rates = pd.read_csv(tables / "tab05_correct_rate.csv")
+    lp = (rates["method"] == "LP") & (rates["postprocessing"] == "raw")
+    rates.loc[lp & (rates["class"] == "DAA"), "n_correct"] = 7
+    rates.to_csv(tables / "tab05_correct_rate.csv", index=False)
+    targets = tg.build_targets(tables)
+    for method in ("(c) net: LP + manual", "joint"):
+        assert _row(targets, f"Dice AO/DAO/MPA, {method}")["lp"].startswith("AO 0.555, DAO ")
+    assert "DAA 7/" in _row(targets, "strict topology-correct, post-processed, joint, each class")["lp"]
+    overall = rates[lp & (rates["class"] == "all")].iloc[0]
+    assert _row(targets, "strict topology-correct, raw, joint, all classes")["lp"].startswith(
+        f"{int(overall['n_correct'])}/{int(overall['n'])} = ")
+    assert _row(targets, "balanced accuracy, DenseNet reading softmax + image")["lp"] == ""
+    (tables / "tab02_dice.csv").unlink()  # the joint rows keep their values, without the LP column
+    assert _row(tg.build_targets(tables), "Dice AO/DAO/MPA, joint")["lp"] == ""
+
+
 def test_targets_without_their_table_are_left_out(tables: Path) -> None:
     (tables / "tab04_per_label.csv").unlink()
     targets = tg.build_targets(tables)
