@@ -9,7 +9,9 @@ part of ``make reproduce``). Per vessel on the run's test subjects it compares t
 
 * where the oracle reaches a target that (c) misses, the labels are what stands between (c) and
   the target (better label propagation would close it);
-* where the oracle misses it too, the network, its schedule or the resolution of this profile do.
+* where the oracle misses it too, the network, its schedule or the resolution of this profile do; the
+  Dice of the truth moved by one voxel (:func:`shifted_dice`) shows how much one voxel of boundary
+  error costs each vessel on this grid.
 
 Run ``python -m fetalcmr.label_ceiling`` after the default run; outputs under the run's
 ``ablations/label_ceiling/`` (``per_vessel.csv``, ``summary.csv``, ``subjects.csv``).
@@ -31,6 +33,8 @@ from fetalcmr.metrics import dice_per_label
 
 #: method names in the outputs
 LP, SEPARATE, ORACLE = "LP", "(c)", "(c) trained on gt (oracle)"
+#: the truth moved by one voxel: what a segmentation that is right but one voxel off scores
+SHIFTED = "gt shifted by one voxel"
 
 
 def oracle_items(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -51,6 +55,21 @@ def per_vessel_dice(maps: Mapping[str, Mapping[str, np.ndarray]], truth: Mapping
         for sid, gt in truth.items():
             for k, d in dice_per_label(by_id[sid], gt, fg).items():
                 rows.append({"method": method, "id": sid, "label": k, "name": labels[k], "dice": d})
+    return pd.DataFrame(rows)
+
+
+def shifted_dice(truth: Mapping[str, np.ndarray], labels: Mapping[int, str]) -> pd.DataFrame:
+    """Return long rows (method :data:`SHIFTED`) of each vessel's Dice between the truth and the truth moved by
+    one voxel, averaged over the six axis directions: how much one voxel of boundary error costs a vessel of
+    that calibre on this grid."""
+    fg = [int(k) for k in labels if int(k)]
+    rows = []
+    for sid, gt in truth.items():
+        per_shift = [dice_per_label(np.roll(gt, step, axis=axis), gt, fg) for axis in range(3) for step in (-1, 1)]
+        for k in fg:
+            values = [d[k] for d in per_shift if np.isfinite(d[k])]
+            rows.append({"method": SHIFTED, "id": sid, "label": k, "name": labels[k],
+                         "dice": float(np.mean(values)) if values else np.nan})
     return pd.DataFrame(rows)
 
 
@@ -114,7 +133,8 @@ def run_ablation(run_dir: str | Path, profile_name: str = "default", *, seed: in
             SEPARATE: {sid: np.asarray(load_nifti(separate_dir / f"{sid}.nii.gz").array) for sid in truth},
             ORACLE: {str(k): v for k, v in oracle_maps.items()}}
     targets = {name: t for names, t in DICE_TARGETS for name in names}
-    table = vessel_table(per_vessel_dice(maps, truth, labels), targets)
+    table = vessel_table(pd.concat([per_vessel_dice(maps, truth, labels), shifted_dice(truth, labels)],
+                                   ignore_index=True), targets)
 
     cases, messages = load_cases(test_items, {SEPARATE: separate_dir, ORACLE: out / "predictions"},
                                  with_lp=True, progress=progress)

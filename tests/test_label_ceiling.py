@@ -38,12 +38,24 @@ def test_vessel_rows_score_every_method_on_the_same_subjects() -> None:
     assert table.loc["AO", "target"] == 0.92 and np.isnan(table.loc["DAO", "target"])
 
 
+def test_one_voxel_of_shift_costs_a_thin_vessel_more_than_a_thick_one() -> None:
+    gt = np.zeros((20, 20, 20), np.uint8)
+    gt[2:18, 2:4, 2:4] = 8  # a 2-voxel-wide artery
+    gt[2:18, 8:16, 8:16] = 4  # an 8-voxel-wide aorta
+    rows = lc.shifted_dice({"s": gt}, {0: "background", 4: "AO", 8: "LSA", 9: "BCA"}).set_index("name")
+    assert set(rows["method"]) == {lc.SHIFTED}
+    # along the vessel a shift of one voxel loses 1/16 of it, across it 1/2 (LSA) or 1/8 (AO)
+    assert rows.loc["LSA", "dice"] == pytest.approx((2 * 15 / 16 + 4 * 1 / 2) / 6)
+    assert rows.loc["AO", "dice"] == pytest.approx((2 * 15 / 16 + 4 * 7 / 8) / 6)
+    assert np.isnan(rows.loc["BCA", "dice"])  # absent vessel: not scored
+
+
 def test_the_oracle_runs_on_a_finished_pipeline(smoke_run: tuple[list, Path], tmp_path: Path) -> None:
     _, root = smoke_run
     run = tmp_path / "run"
     shutil.copytree(root / "run", run)
     table = lc.run_ablation(run, "smoke", progress=False).set_index("vessel")
-    assert {lc.LP, lc.SEPARATE, lc.ORACLE} <= set(table.columns)
+    assert {lc.LP, lc.SEPARATE, lc.ORACLE, lc.SHIFTED} <= set(table.columns)
     # (c)'s column is notebook 02's per-vessel Dice of the same maps
     per_label = pd.read_csv(run / "results" / "segmentation_per_label.csv", dtype={"id": str})
     mine = per_label[per_label["method"] == "net_lp_manual"].groupby("name")["dice"].mean()
