@@ -275,28 +275,33 @@ RULE_COLUMNS: tuple[str, ...] = ("id", "cls", "method", "trachea", "rule_cls", "
                                  "rule_pieces", "rule_side", "rule_trachea", "rule_reason")
 
 
-def rule_table(cases: Iterable[ReviewCase], *, from_image: bool = True) -> pd.DataFrame:
+def rule_table(cases: Iterable[ReviewCase], *, from_image: bool = True, progress: bool = False) -> pd.DataFrame:
     """Return the topology rule's class for every map of ``cases`` (truth included).
 
     One row per case, method and trachea source: ``given`` (the dataset's trachea, where known)
     and ``image`` (found in the case's image by :func:`fetalcmr.topology_rule.trachea_from_image`,
     when ``from_image`` and the image is on the maps' grid). Columns ``id, cls, method, trachea``
-    plus :meth:`RuleVerdict.as_row`'s (:data:`RULE_COLUMNS`).
+    plus :meth:`RuleVerdict.as_row`'s (:data:`RULE_COLUMNS`). Cases go to parallel single-thread
+    processes (:func:`fetalcmr.workers.map_items`).
     """
-    rows = []
-    for c in cases:
-        sources: dict[str, dict[str, Any]] = {}
-        if c.trachea_mask is not None or c.trachea_x_vox is not None:
-            sources["given"] = {"trachea_mask": c.trachea_mask, "trachea_x_vox": c.trachea_x_vox}
-        if from_image and c.image:
-            img = load_nifti(c.image).array
-            if img.shape == next(iter(c.maps.values())).shape:
-                sources["image"] = {"image": img, "spacing_mm": float(c.spacing_mm[0])}
-        for method, lm in c.maps.items():
-            for source, kw in sources.items():
-                verdict = classify_topology(lm, **kw)
-                rows.append({"id": c.id, "cls": c.cls, "method": method, "trachea": source, **verdict.as_row()})
-    return pd.DataFrame(rows, columns=RULE_COLUMNS)
+    from fetalcmr.workers import map_items
+
+    per_case = map_items(_rule_one, list(cases), from_image, desc="topology rule", progress=progress)
+    return pd.DataFrame([r for rows in per_case for r in rows], columns=RULE_COLUMNS)
+
+
+def _rule_one(c: ReviewCase, from_image: bool) -> list[dict[str, Any]]:
+    """The rule rows of one case (:func:`rule_table`; a :func:`fetalcmr.workers.map_items` function)."""
+    sources: dict[str, dict[str, Any]] = {}
+    if c.trachea_mask is not None or c.trachea_x_vox is not None:
+        sources["given"] = {"trachea_mask": c.trachea_mask, "trachea_x_vox": c.trachea_x_vox}
+    if from_image and c.image:
+        img = load_nifti(c.image).array
+        if img.shape == next(iter(c.maps.values())).shape:
+            sources["image"] = {"image": img, "spacing_mm": float(c.spacing_mm[0])}
+    return [{"id": c.id, "cls": c.cls, "method": method, "trachea": source,
+             **classify_topology(lm, **kw).as_row()}
+            for method, lm in c.maps.items() for source, kw in sources.items()]
 
 
 # ----------------------------------------------------------------------------------------------

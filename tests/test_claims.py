@@ -148,8 +148,8 @@ def test_topology_claims_read_raw_or_post_processed_rows(tables: Path) -> None:
     claim = _claim(tables, "postprocessing-topology")
     assert claim["verdict"] == "supported" and claim["ci_low"] == pytest.approx(0.88 - 0.05)
     mcnemar = tables / "tab05_mcnemar.csv"
-    _edit(mcnemar, {"subset": "all", "postprocessing": "post"}, only_a=9, only_b=0, p_value=0.0039)
-    _edit(mcnemar, {"subset": "all", "postprocessing": "raw"}, only_a=0, only_b=9, p_value=0.0039)
+    _edit(mcnemar, {"subset": "all", "postprocessing": "post", "a": "LP+manual"}, only_a=9, only_b=0, p_value=0.0039)
+    _edit(mcnemar, {"subset": "all", "postprocessing": "raw", "a": "LP+manual"}, only_a=0, only_b=9, p_value=0.0039)
     assert _claim(tables, "joint-topology-all-post")["verdict"] == "contradicted"
     assert _claim(tables, "joint-topology-all")["verdict"] == "supported"  # the raw rows
 
@@ -170,13 +170,25 @@ def test_joint_and_topology_claims_follow_their_tables(tables: Path) -> None:
     assert _claim(tables, "joint-vs-lambda0")["verdict"] == "supported"
     mcnemar = tables / "tab05_mcnemar.csv"
     n = int(pd.read_csv(mcnemar).query("subset == 'all' and postprocessing == 'raw'")["n"].iloc[0])
-    _edit(mcnemar, {"subset": "all", "postprocessing": "raw"}, only_a=0, only_b=9, both_correct=1,
+    _edit(mcnemar, {"subset": "all", "postprocessing": "raw", "a": "LP+manual"}, only_a=0, only_b=9, both_correct=1,
           both_wrong=n - 10, p_value=0.0039)
     claim = _claim(tables, "joint-topology-all")
     assert claim["verdict"] == "supported" and claim["effect"] == pytest.approx(9 / n)
     _edit(tables / "tab05_correct_rate.csv", {"method": "truth", "class": "all", "postprocessing": "raw"},
           n_correct=n - 1)
     assert _claim(tables, "topology-truth")["verdict"] == "contradicted"
+
+
+def test_the_classification_term_is_judged_against_the_control_with_the_same_steps(tables: Path) -> None:
+    mcnemar = tables / "tab05_mcnemar.csv"
+    control = {"postprocessing": "post", "a": "λ = 0", "b": "joint"}
+    _edit(mcnemar, {"subset": "all", **control}, only_a=0, only_b=12, p_value=0.0005)
+    _edit(mcnemar, {"subset": "DAA", **control}, only_a=6, only_b=0, p_value=0.031)
+    _edit(mcnemar, {"subset": "all", "postprocessing": "post", "a": "LP+manual"}, only_a=9, only_b=0,
+          p_value=0.0039)
+    assert _claim(tables, "joint-vs-lambda0-topology-post")["verdict"] == "supported"
+    assert _claim(tables, "joint-vs-lambda0-topology-daa")["verdict"] == "contradicted"
+    assert _claim(tables, "joint-topology-all-post")["verdict"] == "contradicted"  # the other block's row
 
 
 def test_claims_without_their_tables_are_listed_not_guessed(tables: Path) -> None:

@@ -87,10 +87,10 @@ def test_the_ablation_runs_on_a_finished_pipeline(smoke_run: tuple[list, Path], 
     assert list(summary["epochs"]) == [0, 1, 1, 2, 2]
     committed = pd.read_csv(run / "results" / "joint_classification.csv", dtype={"id": str})
     n_test = committed["id"].nunique()
-    for m in ("joint_2ep", "lambda0_2ep", "separate", "joint_1ep"):
+    for m in summary.index:  # notebook 04 keeps the maps of its joint and λ = 0 runs: every row is reviewed
         assert summary.loc[m, "topology_raw_all"].endswith(f"/{n_test}")
-    assert summary.loc["lambda0_1ep", "topology_raw_all"] == ""
-    assert 0.0 <= summary.loc["joint_2ep", "voxels_changed_vs_lambda0"] <= 1.0
+    for m in ("joint_1ep", "joint_2ep"):
+        assert 0.0 <= summary.loc[m, "voxels_changed_vs_lambda0"] <= 1.0
     out = run / "ablations" / "joint_length"
     curves = pd.read_csv(out / "validation_curves.csv")
     assert set(curves["method"]) == {"joint_1ep", "lambda0_1ep", "joint_2ep", "lambda0_2ep"}
