@@ -5,7 +5,8 @@ Everything is in world millimetres (RAS, as :func:`fetalcmr.io.load_nifti` retur
 result maps template world points to input world points. Coarse to fine:
 
 1. **Global search** at ``SEARCH_MM``: the template, scaled by each of ``SCALES`` (fetuses differ
-   in size) and turned by each of the 24 axis-aligned rotations, is slid over the whole input
+   in size) and turned by each of the 24 axis-aligned rotations (only the identity with
+   ``orientation="stored"``, for inputs whose RAS axes can be trusted), is slid over the whole input
    (resampled onto a world-aligned box with a margin, so the template may stick out of it) and
    scored by normalised cross-correlation (NCC) at every offset at once (FFT). The best pose of
    each rotation is kept and the ``CANDIDATES`` best rotations go on.
@@ -69,6 +70,12 @@ class Alignment:
                 "align_ncc_before": round(self.ncc_before, 4), "align_ncc_after": round(self.ncc_after, 4),
                 "align_seconds": round(self.seconds, 3),
                 "align_matrix": json.dumps(np.round(self.matrix, 4).tolist())}
+
+
+#: how the global search treats the input's axes: "search" tries all 24 axis-aligned turns (an input in any
+#: orientation); "stored" trusts the input's RAS axes (e.g. a reconstruction already in the standard thorax
+#: atlas space) and searches position and scale only; the refinement may still turn it by small angles
+ORIENTATIONS: tuple[str, ...] = ("search", "stored")
 
 
 def rotations() -> list[np.ndarray]:
@@ -153,8 +160,10 @@ def _window_sums(a: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return out
 
 
-def global_search(image: Volume, template: Volume, h: float = SEARCH_MM) -> list[tuple[float, np.ndarray]]:
-    """Best ``(NCC, 4×4 template→input world)`` of each rotation over scales and offsets, best first."""
+def global_search(image: Volume, template: Volume, h: float = SEARCH_MM, *,
+                  turns: list[np.ndarray] | None = None) -> list[tuple[float, np.ndarray]]:
+    """Best ``(NCC, 4×4 template→input world)`` of each rotation in ``turns`` (default: all 24 of
+    :func:`rotations`) over scales and offsets, best first."""
     extent = np.array(template.array.shape) * np.asarray(template.spacing)
     box, shape = _box(image, h, MARGIN * max(SCALES) * float(extent.max()))
     big = sample(image, box, shape, sigma_mm=0.4 * h).astype(np.float64)
@@ -167,7 +176,7 @@ def global_search(image: Volume, template: Volume, h: float = SEARCH_MM) -> list
     best: dict[int, tuple[float, np.ndarray]] = {}
     c_t = centre(template)
     for scale, base in kernels.items():
-        for r, q in enumerate(rotations()):
+        for r, q in enumerate(rotations() if turns is None else turns):
             perm = [int(np.flatnonzero(row)[0]) for row in q]
             k = np.flip(np.transpose(base, perm), axis=[i for i in range(3) if q[i, perm[i]] < 0])
             if k.shape not in stats:  # sum of squared deviations of the input under each window
@@ -272,22 +281,25 @@ def refine(level: _Level, m: np.ndarray, c_t: np.ndarray, steps: int) -> tuple[f
     return best
 
 
-def align_to_template(image: Volume, template: Volume) -> Alignment:
-    """Return the affine that carries ``template`` onto ``image`` (both RAS volumes), found as above."""
+def align_to_template(image: Volume, template: Volume, *, orientation: str = "search") -> Alignment:
+    """Return the affine that carries ``template`` onto ``image`` (both RAS volumes), found as above;
+    ``orientation`` is one of :data:`ORIENTATIONS`."""
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {', '.join(ORIENTATIONS)}, not {orientation!r}")
     t0 = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small tensors: one thread was 10× faster than two on a busy 2-core machine
     try:
-        return _align(image, template, t0)
+        return _align(image, template, t0, turns=[np.eye(3)] if orientation == "stored" else None)
     finally:
         torch.set_num_threads(threads)
 
 
-def _align(image: Volume, template: Volume, t0: float) -> Alignment:
+def _align(image: Volume, template: Volume, t0: float, turns: list[np.ndarray] | None) -> Alignment:
     with torch.no_grad():
         img, tpl = _scaled(image), _scaled(template)
         c_t = centre(tpl)
-        candidates = global_search(img, tpl)[:CANDIDATES]
+        candidates = global_search(img, tpl, turns=turns)[:CANDIDATES]
         margin = MARGIN * max(SCALES) * float(np.max(np.array(tpl.array.shape) * np.asarray(tpl.spacing)))
         coarse, fine = (_Level(img, tpl, h, margin) for h in (COARSE_MM, FINE_MM))
         coarse_fits = [refine(coarse, m, c_t, STEPS[0]) for _, m in candidates]

@@ -12,6 +12,10 @@ from pathlib import Path
 from fetalcmr.config import PROFILE_NAMES
 from fetalcmr.io import DataError
 
+#: help of ``--keep-orientation`` (``fetalcmr infer`` and ``python -m fetalcmr.realcheck``)
+KEEP_ORIENTATION_HELP = ("trust each volume's RAS axes (a reconstruction already in the standard thorax orientation, "
+                         "e.g. SVRTK's atlas space): the alignment searches position and scale, not the 24 axis turns")
+
 
 def _cmd_synthesise(args: argparse.Namespace) -> int:
     from fetalcmr.config import get_profile
@@ -74,7 +78,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
     from fetalcmr.infer import infer
 
     try:
-        table = infer(args.input, args.bundle, args.out, align=not args.no_align, progress=not args.quiet)
+        table = infer(args.input, args.bundle, args.out, align=not args.no_align,
+                      orientation="stored" if args.keep_orientation else "search", progress=not args.quiet)
     except BundleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -133,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-align", action="store_true",
                    help="skip the alignment to the bundle's template and centre the bundle's grid on each volume "
                         "(for volumes already cropped around the arch as in training)")
+    p.add_argument("--keep-orientation", action="store_true", help=KEEP_ORIENTATION_HELP)
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("export", help="pack a trained run's model bundle into a folder",

@@ -127,9 +127,11 @@ def predict(bundle: Bundle, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return labelmap, mean_probs[0], int(voted[0])
 
 
-def model_input(bundle: Bundle, path: Path, align: bool) -> tuple[Volume, dict[str, Any]]:
+def model_input(bundle: Bundle, path: Path, align: bool, orientation: str = "search"
+                ) -> tuple[Volume, dict[str, Any]]:
     """Return the normalised image on the model grid (its affine maps to the input's world) and the
-    alignment record (``aligned`` false and no numbers when the grid is centre-cropped)."""
+    alignment record (``aligned`` false and no numbers when the grid is centre-cropped); ``orientation``
+    as :func:`fetalcmr.align.align_to_template` takes it."""
     from fetalcmr.align import align_to_template, image_on_model_grid, model_grid
     from fetalcmr.data import load_volume
 
@@ -137,19 +139,23 @@ def model_input(bundle: Bundle, path: Path, align: bool) -> tuple[Volume, dict[s
         vol = load_volume(path, kind="image", grid=bundle.grid, spacing_mm=bundle.spacing_mm)
         return vol, {"aligned": False}
     image = load_nifti(path)
-    alignment = align_to_template(image, bundle.template)
+    alignment = align_to_template(image, bundle.template, orientation=orientation)
     affine = alignment.matrix @ model_grid(bundle.template, bundle.grid, bundle.spacing_mm)
     array = normalise_intensity(image_on_model_grid(image, affine, bundle.grid))
-    return Volume(array, affine), {"aligned": True, **alignment.record()}
+    return Volume(array, affine), {"aligned": True, "align_search": orientation, **alignment.record()}
 
 
 def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-          *, align: bool = True, progress: bool = True) -> pd.DataFrame:
+          *, align: bool = True, orientation: str = "search", progress: bool = True) -> pd.DataFrame:
     """Segment and classify every case of ``source`` with the bundle; write label maps and a table.
+
+    ``orientation="stored"`` trusts each input's RAS axes in the alignment (position and scale are
+    searched, not the 24 axis-aligned turns): for reconstructions already in a standard orientation.
 
     Outputs in ``out_dir``: ``<id>_labels.nii.gz`` (the input's grid and affine),
     ``predictions.csv`` and ``predictions.json`` (one row per case: class, probabilities,
-    topology verdict and reasons, the alignment (``aligned``; when aligned: orientation of the
+    topology verdict and reasons, the alignment (``aligned``; when aligned: ``align_search`` (the
+    ``orientation`` mode), orientation of the
     template's axes in the input, scale, NCC with the template before (centre crop) and after,
     seconds, and the 4×4 matrix from template to input world, mm), seconds). Returns the table.
     """
@@ -170,7 +176,7 @@ def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], ou
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="infer", unit="case", disable=not progress):
         t0 = time.perf_counter()
-        vol, alignment = model_input(bundle, case.image, align)
+        vol, alignment = model_input(bundle, case.image, align, orientation)
         raw, probs, cls = predict(bundle, vol.array)
         labelmap = bundle.postprocessing.apply(raw)
         rule = classify_topology(labelmap, image=vol.array, spacing_mm=bundle.spacing_mm)

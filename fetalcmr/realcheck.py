@@ -29,6 +29,7 @@ import pandas as pd
 
 from fetalcmr.anatomy import LABEL_INDEX, LABELS
 from fetalcmr.atomic import atomic_path, write_json_atomic, write_text_atomic
+from fetalcmr.cli import KEEP_ORIENTATION_HELP
 from fetalcmr.io import DataError, load_nifti
 from fetalcmr.topology import betti_numbers
 
@@ -68,20 +69,22 @@ def _organs(path: str | os.PathLike[str] | None, image_path: Path, shape: tuple[
 def _alignment(row: dict[str, Any]) -> dict[str, Any]:
     if not row["aligned"]:
         return {"aligned": False}
-    return {"aligned": True, "align_orientation": str(row["align_orientation"]),
+    return {"aligned": True, "align_search": str(row.get("align_search", "search")),
+            "align_orientation": str(row["align_orientation"]),
             "align_matrix": json.loads(row["align_matrix"]),
             **{k: float(row[k]) for k in ("align_scale", "align_ncc_before", "align_ncc_after", "align_seconds")}}
 
 
 def real_check(image: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                *, organs: str | os.PathLike[str] | None = None, align: bool = True,
-               progress: bool = True) -> dict[str, Any]:
-    """Run the bundle on ``image`` and return (and write) the measurements described above."""
+               orientation: str = "search", progress: bool = True) -> dict[str, Any]:
+    """Run the bundle on ``image`` and return (and write) the measurements described above
+    (``orientation`` as :func:`fetalcmr.infer.infer` takes it)."""
     from fetalcmr.infer import infer
     from fetalcmr.render import overlay_slices
 
     image_path, out = Path(image), Path(out_dir)
-    row = infer(image_path, bundle_dir, out, align=align, progress=progress).iloc[0].to_dict()
+    row = infer(image_path, bundle_dir, out, align=align, orientation=orientation, progress=progress).iloc[0].to_dict()
     vol = load_nifti(image_path)
     labels = np.rint(load_nifti(row["labels"]).array).astype(np.int16)
     organ_map = _organs(organs, image_path, vol.array.shape, vol.affine)
@@ -136,13 +139,14 @@ def alignment_line(result: dict[str, Any]) -> str:
     """One sentence on how the volume was placed on the bundle's grid."""
     if not result["aligned"]:
         return "Not aligned: the bundle's grid was centred on the volume's centre."
-    return (f"Aligned to the bundle's template in {result['align_seconds']:.1f} s: template axes point "
+    turns = "the input's axes kept" if result.get("align_search") == "stored" else "24 axis turns searched"
+    return (f"Aligned to the bundle's template ({turns}) in {result['align_seconds']:.1f} s: template axes point "
             f"{result['align_orientation']} in the volume, scale {result['align_scale']:.2f}, NCC with the "
             f"template {result['align_ncc_before']:.2f} (centre crop) → {result['align_ncc_after']:.2f}.")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fetalcmr.realcheck INPUT BUNDLE OUT [--organs ORGANS] [--no-align]``."""
+    """``python -m fetalcmr.realcheck INPUT BUNDLE OUT [--organs ORGANS] [--no-align | --keep-orientation]``."""
     parser = argparse.ArgumentParser(prog="python -m fetalcmr.realcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("image", help="a 3D T2w NIfTI")
     parser.add_argument("bundle", help="a model bundle folder (fetalcmr export)")
@@ -151,9 +155,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-align", action="store_true",
                         help="no alignment to the bundle's template: centre the bundle's grid on the volume "
                              "(for volumes already cropped as in training)")
+    parser.add_argument("--keep-orientation", action="store_true", help=KEEP_ORIENTATION_HELP)
     args = parser.parse_args(argv)
     try:
-        result = real_check(args.image, args.bundle, args.out, organs=args.organs, align=not args.no_align)
+        result = real_check(args.image, args.bundle, args.out, organs=args.organs, align=not args.no_align,
+                            orientation="stored" if args.keep_orientation else "search")
     except DataError as err:
         print(f"realcheck: {err}", file=sys.stderr)
         return 2

@@ -97,6 +97,24 @@ def test_alignment_recovers_a_known_pose(name: str) -> None:
     assert np.allclose(json.loads(record["align_matrix"]), found.matrix, atol=1e-4)
 
 
+def test_stored_orientation_searches_position_and_scale_but_not_the_axis_turns() -> None:
+    """With ``orientation="stored"`` an input in the template's orientation (turned by a few degrees,
+    as reconstructions in a standard orientation are) is found as well as by the full search, while an
+    input turned by 90° is not turned back: the 24 axis turns are not tried."""
+    template, gt, lung = _subject(1)
+    pts = np.argwhere(gt > 0) @ template.affine[:3, :3].T + template.affine[:3, 3]
+    truth = _pose(0.93 * _turn(1, 6.0), np.array([4.0, -3.0, 5.0]), template)
+    moved = _embed(template, truth, lung)
+    kept = align_to_template(moved, template, orientation="stored")
+    err = np.linalg.norm(pts @ (kept.matrix - truth)[:3, :3].T + (kept.matrix - truth)[:3, 3], axis=1)
+    assert err.mean() < 1.0 and kept.orientation == "RAS" and kept.ncc_after > 0.9
+    turned = _embed(template, _pose(_turn(2, 90.0), np.zeros(3), template), lung)
+    assert align_to_template(turned, template).orientation != "RAS"  # the full search turns it back
+    assert align_to_template(turned, template, orientation="stored").orientation == "RAS"
+    with pytest.raises(ValueError, match="orientation must be one of search, stored"):
+        align_to_template(moved, template, orientation="upright")
+
+
 def _octants(bundle: object, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     """Stand-in network: dark voxels of the smoothed image (the phantom's per-voxel noise does not
     survive two resamplings; under 0.4 of the central median: the min-max normalisation moves with
@@ -142,6 +160,12 @@ def test_infer_gives_the_same_labels_on_the_moved_volume(tmp_path: Path, monkeyp
     infer(tmp_path / "moved.nii.gz", bundle, tmp_path / "out", progress=False)
     infer(tmp_path / "moved.nii.gz", bundle, tmp_path / "plain", align=False, progress=False)
     assert bool(table.loc[0, "aligned"]) and {"align_orientation", "align_ncc_after"} <= set(table.columns)
+    assert table.loc[0, "align_search"] == "search"
+    kept = infer(tmp_path / "crop.nii.gz", bundle, tmp_path / "kept", orientation="stored", progress=False)
+    assert kept.loc[0, "align_search"] == "stored" and kept.loc[0, "align_orientation"] == "RAS"
+    same = (load_nifti(tmp_path / "kept" / "crop_labels.nii.gz").array
+            == load_nifti(tmp_path / "out" / "crop_labels.nii.gz").array)
+    assert float(same.mean()) > 0.99  # an input in the template's orientation: the same answer either way
 
     def labels(path: Path) -> np.ndarray:
         vol = load_nifti(path)  # back on the crop's grid through the known pose

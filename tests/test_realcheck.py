@@ -89,6 +89,14 @@ def test_no_align_flag_centres_the_grid(bundle: Path, embedded: tuple[Path, Path
     assert "Not aligned" in (tmp_path / "realcheck.md").read_text()
 
 
+def test_keep_orientation_flag_is_recorded(bundle: Path, embedded: tuple[Path, Path], tmp_path: Path) -> None:
+    image_path, organs_path = embedded
+    assert main([str(image_path), str(bundle), str(tmp_path), "--organs", str(organs_path), "--keep-orientation"]) == 0
+    result = json.loads((tmp_path / "realcheck.json").read_text())
+    assert result["aligned"] is True and result["align_search"] == "stored" and result["align_orientation"] == "RAS"
+    assert "the input's axes kept" in (tmp_path / "realcheck.md").read_text()
+
+
 def test_vessel_table_and_arch_connectivity_on_known_maps() -> None:
     labels = np.zeros((12, 12, 12), np.int16)
     ao, dao = LABEL_INDEX["AO"], LABEL_INDEX["DAO"]
