@@ -27,19 +27,21 @@ def test_validate_ok_and_bad(tiny_dataset: Path, capsys: pytest.CaptureFixture[s
 
 
 
-@pytest.mark.parametrize(("flags", "align"), [([], True), (["--no-align"], False)])
+@pytest.mark.parametrize(("flags", "align", "orientation"), [([], True, "search"), (["--no-align"], False, "search"),
+                                                            (["--keep-orientation"], True, "stored")])
 def test_infer_aligns_unless_told_not_to(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: list[str],
-                                         align: bool) -> None:
+                                         align: bool, orientation: str) -> None:
     import pandas as pd
 
     import fetalcmr.infer
 
     seen = {}
 
-    def fake_infer(source, bundle, out, *, align: bool = True, progress: bool = True) -> pd.DataFrame:
-        seen.update(source=source, align=align)
+    def fake_infer(source, bundle, out, *, align: bool = True, orientation: str = "search",
+                   progress: bool = True) -> pd.DataFrame:
+        seen.update(source=source, align=align, orientation=orientation)
         return pd.DataFrame()
 
     monkeypatch.setattr(fetalcmr.infer, "infer", fake_infer)
     assert main(["infer", str(tmp_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "o"), *flags]) == 0
-    assert seen == {"source": str(tmp_path), "align": align}
+    assert seen == {"source": str(tmp_path), "align": align, "orientation": orientation}
