@@ -5,9 +5,9 @@ One row per target: what is measured, where the target comes from (``paper``: Ra
 et al., MELBA 2023; ``issue 16``: the compendium's accuracy goals), the target, the measured value
 with its spread or interval as the source table gives it, the same measure of the propagated
 labels (LP) the networks learn from (``tab02_dice`` column (a), ``tab05_correct_rate`` method LP,
-on the test subjects: a weakly supervised network rarely gets far past its labels, so this is the
-diagnostic of a target out of reach), whether it is met (``yes``/``no``, by the mean or the rate
-against the threshold) and the table it comes from. Notebook ``06_claims`` writes
+on the test subjects; whether those labels are what keeps a target out of reach is the question of
+the :mod:`fetalcmr.label_ceiling` oracle), whether it is met (``yes``/``no``, by the mean or the
+rate against the threshold) and the table it comes from. Notebook ``06_claims`` writes
 it as ``tab06_targets`` and renders it into the README between ``<!-- targets:start -->`` and
 ``<!-- targets:end -->``, so the README never states a reached target the tables do not show.
 A target whose table is missing (a dataset without ground truth has no Dice) is left out.
