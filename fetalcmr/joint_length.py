@@ -107,10 +107,10 @@ def paired_table(seg: pd.DataFrame, cls_pred: pd.DataFrame, reports: pd.DataFram
 
 
 def validation_curves(histories: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
-    """Return the runs' validation curves stacked: ``method, epoch, val_dice, val_bacc, train_ce``."""
-    cols = ["epoch", "val_dice", "val_bacc", "train_ce"]
-    return pd.concat([h[[c for c in cols if c in h]].assign(method=m) for m, h in histories.items()],
-                     ignore_index=True)[["method", *[c for c in cols]]]
+    """Return the runs' validation curves stacked: ``method, epoch, val_dice, val_bacc, train_ce`` (NaN
+    where a history lacks a column)."""
+    cols = ["method", "epoch", "val_dice", "val_bacc", "train_ce"]
+    return pd.concat([h.assign(method=m).reindex(columns=cols) for m, h in histories.items()], ignore_index=True)
 
 
 def run_ablation(run_dir: str | Path, profile_name: str = "default", *, epochs: int = EPOCHS,

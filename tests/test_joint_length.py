@@ -73,6 +73,15 @@ def test_paired_rows_test_dice_and_topology_on_the_same_subjects() -> None:
     assert set(other["measure"]) == {"mean vessel Dice"}
 
 
+def test_validation_curves_stack_the_runs_and_leave_missing_columns_empty() -> None:
+    full = pd.DataFrame({"epoch": [1, 2], "val_dice": [0.5, 0.6], "val_bacc": [1.0, 1.0], "train_ce": [0.4, 0.3],
+                         "seconds": [9.0, 9.0]})
+    curves = jl.validation_curves({"joint_2ep": full, "lambda0_2ep": full[["epoch", "val_dice"]]})
+    assert list(curves.columns) == ["method", "epoch", "val_dice", "val_bacc", "train_ce"]
+    assert list(curves["method"]) == ["joint_2ep", "joint_2ep", "lambda0_2ep", "lambda0_2ep"]
+    assert curves["val_bacc"].isna().tolist() == [False, False, True, True]
+
+
 def test_it_refuses_a_length_the_run_already_has(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not longer"):
         jl.run_ablation(tmp_path, "smoke", epochs=1, progress=False)
