@@ -19,7 +19,7 @@ from fetalcmr.synth.labels import clean_labels
 from fetalcmr.synth.manual import manual_mask
 from fetalcmr.synth.params import SubjectParams, sample_params
 from fetalcmr.synth.randomise import randomise_appearance
-from fetalcmr.synth.thorax import thorax_tissues
+from fetalcmr.synth.thorax import heart_inside, thorax_tissues
 from fetalcmr.synth.vessels import PAINT_ORDER, vessel_tree
 from fetalcmr.topology import adjacency_graph, arch_side, betti_numbers, components_per_label
 
@@ -28,6 +28,9 @@ FOV_MM: float = 52.0
 #: Distance (mm) around the vessels over which their soft-tissue sleeve is drawn.
 SLEEVE_MM: float = 2.5
 _PRIORITY = {label: i for i, label in enumerate(PAINT_ORDER)}
+#: Vessels whose labels stop at the heart's surface (inside it they are heart blood pool, as in the
+#: manual masks and the real heart's organ label): the great arteries' roots and the SVC's entry.
+ENDS_AT_HEART: tuple[int, ...] = (LABEL_INDEX["AO"], LABEL_INDEX["MPA"], LABEL_INDEX["SVC"])
 
 
 @dataclass
@@ -70,6 +73,7 @@ def render_subject(p: SubjectParams, grid: int, spacing_mm: float, *, with_binar
     pose = Pose.identity() if p.noise_free else Pose.from_params(p.pose_angles_deg, p.pose_shift_mm)
     tree = vessel_tree(p)
     gt = np.zeros(g.shape, dtype=np.uint8)
+    coords = g.anatomical_coords(pose)
     vessel_sdf = g.empty_sdf()
     for label in PAINT_ORDER:
         sdf = g.empty_sdf()
@@ -77,13 +81,14 @@ def render_subject(p: SubjectParams, grid: int, spacing_mm: float, *, with_binar
             g.paint_tube_sdf(sdf, tube, pose, pad_mm=SLEEVE_MM, min_radius=0.9 * spacing_mm)
         gt[sdf < 0] = label
         np.minimum(vessel_sdf, sdf, out=vessel_sdf)
+    gt[np.isin(gt, ENDS_AT_HEART) & heart_inside(p, coords)] = 0
     clean_labels(gt, EXPECTED_CONTACTS[p.cls], _PRIORITY)
     roots = []
     hilum = ((LABEL_INDEX["LPA"], 0), (LABEL_INDEX["RPA"], 0), (LABEL_INDEX["PV"], 1), (LABEL_INDEX["PV"], 2))
     for label, index in hilum:
         pts = tree.tubes[label][index].points
         roots.append((pts[-1], pts[-1] - pts[-3]))
-    tissues, trachea, overlays = thorax_tissues(p, g, pose, g.anatomical_coords(pose), vessel_sdf, roots)
+    tissues, trachea, overlays = thorax_tissues(p, g, pose, coords, vessel_sdf, roots)
     image = render_image(tissues, p, spacing_mm, overlays)
     cuts: dict[str, float] = {}
     if with_binary:

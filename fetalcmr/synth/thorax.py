@@ -54,6 +54,16 @@ HEART_AXIS_DEG: float = 135.0
 HEART_WALL_MM: float = 1.8
 
 
+def heart_inside(p: SubjectParams, coords: np.ndarray) -> np.ndarray:
+    """Boolean mask of the heart (myocardium and blood pool, not the pericardium) at anatomical ``coords``.
+
+    The great arteries' labels stop at its surface (:func:`fetalcmr.synth.subject.render_subject`): their
+    roots inside it are heart blood pool, as the real heart's organ label contains them.
+    """
+    return ellipsoid_value(coords, p.place(np.array(HEART_CENTRE)), np.array(HEART_RADII) * p.scale,
+                           rotation_z(HEART_AXIS_DEG)) < 1
+
+
 def _airway_tubes(p: SubjectParams) -> tuple[list[Tube], list[tuple[np.ndarray, np.ndarray]]]:
     """Trachea and main bronchi (placed) and the bronchus ends with directions (for branching)."""
     tx = p.trachea_x_mm / p.scale
@@ -152,7 +162,7 @@ def thorax_tissues(p: SubjectParams, grid: Grid, pose: Pose, coords: np.ndarray,
     h_c, h_r = p.place(np.array(HEART_CENTRE)), np.array(HEART_RADII) * s
     h_rot = rotation_z(HEART_AXIS_DEG)
     tis[ellipsoid_value(coords, h_c, h_r + 0.8 * s, h_rot) < 1] = T.MEDIASTINUM  # pericardium
-    tis[ellipsoid_value(coords, h_c, h_r, h_rot) < 1] = T.MYOCARDIUM
+    tis[heart_inside(p, coords)] = T.MYOCARDIUM
     pool = ellipsoid_value(coords, h_c, h_r - HEART_WALL_MM * s, h_rot) < 1
     u = np.deg2rad(HEART_AXIS_DEG)
     along = np.cos(u) * (x - h_c[0]) + np.sin(u) * (y - h_c[1])  # towards the apex (left, anterior)
