@@ -7,6 +7,7 @@ FORCE ?=
 REGENERATED ?=
 INPUT ?= ../shared/real/thorax-atlas.nii.gz
 KEEP_ORIENTATION ?=
+CROP_AT_ORGANS ?=
 ORGANS ?= $(if $(wildcard ../shared/real/thorax-atlas-organs.nii.gz),$(if $(filter ../shared/real/thorax-atlas.nii.gz,$(INPUT)),../shared/real/thorax-atlas-organs.nii.gz))
 BUNDLE ?= data/runs/$(PROFILE)/models/bundle
 PYTHON ?= python3
@@ -46,8 +47,8 @@ lab: $(STAMP)  ## JupyterLab on the same environment (fetalcmr.render.view3d: pl
 bench: $(STAMP)  ## benchmark the budgets named in the issues and print the figures (SECTIONS="smoke infer" picks some)
 	$(PY) -m fetalcmr.bench $(SECTIONS)
 
-realcheck: $(STAMP)  ## run the bundle on one real volume and measure (INPUT=path.nii.gz ORGANS=labels BUNDLE=folder KEEP_ORIENTATION=1)
-	$(PY) -m fetalcmr.realcheck $(INPUT) $(BUNDLE) data/realcheck/$(notdir $(basename $(basename $(INPUT))))$(if $(KEEP_ORIENTATION),-kept-orientation) $(if $(ORGANS),--organs $(ORGANS)) $(if $(KEEP_ORIENTATION),--keep-orientation)
+realcheck: $(STAMP)  ## run the bundle on one real volume and measure (INPUT=path.nii.gz ORGANS=labels BUNDLE=folder KEEP_ORIENTATION=1 or CROP_AT_ORGANS=1)
+	$(PY) -m fetalcmr.realcheck $(INPUT) $(BUNDLE) data/realcheck/$(notdir $(basename $(basename $(INPUT))))$(if $(KEEP_ORIENTATION),-kept-orientation)$(if $(CROP_AT_ORGANS),-organ-crop) $(if $(ORGANS),--organs $(ORGANS)) $(if $(KEEP_ORIENTATION),--keep-orientation) $(if $(CROP_AT_ORGANS),--crop-at-organs)
 
 verify: $(STAMP)  ## regenerate PROFILE and compare tables (within measured spread) and claims (REGENERATED=dir skips the run)
 	$(PY) -m fetalcmr.verify --profile $(PROFILE) --seed $(SEED) $(if $(REGENERATED),--regenerated $(REGENERATED))

@@ -79,7 +79,8 @@ def _cmd_infer(args: argparse.Namespace) -> int:
 
     try:
         table = infer(args.input, args.bundle, args.out, align=not args.no_align,
-                      orientation="stored" if args.keep_orientation else "search", progress=not args.quiet)
+                      orientation="stored" if args.keep_orientation else "search", centre_mm=args.centre,
+                      progress=not args.quiet)
     except BundleError as err:
         print(f"error: {err}", file=sys.stderr)
         return 3
@@ -139,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the alignment to the bundle's template and centre the bundle's grid on each volume "
                         "(for volumes already cropped around the arch as in training)")
     p.add_argument("--keep-orientation", action="store_true", help=KEEP_ORIENTATION_HELP)
+    p.add_argument("--centre", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="one volume only: place the bundle's grid at this world point (RAS mm, e.g. the arch picked "
+                        "in a viewer), the volume's axes and the bundle's spacing kept, no alignment")
     p.set_defaults(func=_cmd_infer)
 
     p = sub.add_parser("export", help="pack a trained run's model bundle into a folder",

@@ -22,6 +22,7 @@ naming it, and no output is left half-written (all writes are atomic).
 
 from __future__ import annotations
 
+import json
 import os
 import time
 import warnings
@@ -127,14 +128,21 @@ def predict(bundle: Bundle, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, 
     return labelmap, mean_probs[0], int(voted[0])
 
 
-def model_input(bundle: Bundle, path: Path, align: bool, orientation: str = "search"
-                ) -> tuple[Volume, dict[str, Any]]:
+def model_input(bundle: Bundle, path: Path, align: bool, orientation: str = "search",
+                centre_mm: np.ndarray | None = None) -> tuple[Volume, dict[str, Any]]:
     """Return the normalised image on the model grid (its affine maps to the input's world) and the
-    alignment record (``aligned`` false and no numbers when the grid is centre-cropped); ``orientation``
-    as :func:`fetalcmr.align.align_to_template` takes it."""
+    alignment record (``aligned`` false and no numbers when the grid is not aligned); ``orientation``
+    as :func:`fetalcmr.align.align_to_template` takes it. ``centre_mm`` (a world point, RAS mm) places
+    the grid there with the input's axes kept, instead of aligning or centre-cropping."""
     from fetalcmr.align import align_to_template, image_on_model_grid, model_grid
     from fetalcmr.data import load_volume
 
+    if centre_mm is not None:
+        affine = np.diag([bundle.spacing_mm] * 3 + [1.0])
+        affine[:3, 3] = np.asarray(centre_mm, dtype=float) - bundle.spacing_mm * (bundle.grid - 1) / 2.0
+        array = normalise_intensity(image_on_model_grid(load_nifti(path), affine, bundle.grid))
+        return Volume(array, affine), {"aligned": False, "crop_centre_mm": json.dumps(
+            [round(float(c), 2) for c in centre_mm])}
     if not align or bundle.template is None:
         vol = load_volume(path, kind="image", grid=bundle.grid, spacing_mm=bundle.spacing_mm)
         return vol, {"aligned": False}
@@ -146,11 +154,15 @@ def model_input(bundle: Bundle, path: Path, align: bool, orientation: str = "sea
 
 
 def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
-          *, align: bool = True, orientation: str = "search", progress: bool = True) -> pd.DataFrame:
+          *, align: bool = True, orientation: str = "search", centre_mm: np.ndarray | None = None,
+          progress: bool = True) -> pd.DataFrame:
     """Segment and classify every case of ``source`` with the bundle; write label maps and a table.
 
     ``orientation="stored"`` trusts each input's RAS axes in the alignment (position and scale are
     searched, not the 24 axis-aligned turns): for reconstructions already in a standard orientation.
+    ``centre_mm`` (one input only) places the grid at that world point (RAS mm) with the input's axes
+    and spacing kept, no alignment: a hand crop, e.g. from organ labels or a point picked in a viewer
+    (recorded as ``crop_centre_mm``).
 
     Outputs in ``out_dir``: ``<id>_labels.nii.gz`` (the input's grid and affine),
     ``predictions.csv`` and ``predictions.json`` (one row per case: class, probabilities,
@@ -167,6 +179,8 @@ def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], ou
     out = Path(out_dir)
     cases = collect_cases(source)
     check_cases(cases)
+    if centre_mm is not None and len(cases) != 1:
+        raise DataError(f"{source}: a crop centre applies to one volume, not {len(cases)}")
     check_output_folder(out)
     bundle = load_bundle(bundle_dir)
     if align and bundle.template is None:
@@ -176,7 +190,7 @@ def infer(source: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], ou
     rows: list[dict[str, Any]] = []
     for case in tqdm(cases, desc="infer", unit="case", disable=not progress):
         t0 = time.perf_counter()
-        vol, alignment = model_input(bundle, case.image, align, orientation)
+        vol, alignment = model_input(bundle, case.image, align, orientation, centre_mm)
         raw, probs, cls = predict(bundle, vol.array)
         labelmap = bundle.postprocessing.apply(raw)
         rule = classify_topology(labelmap, image=vol.array, spacing_mm=bundle.spacing_mm)

@@ -11,6 +11,10 @@ vessel lumen is dark: near 0) and the share of predicted vessel voxels inside th
 reported (blood pool labelled as vessel). Without them, intensities are relative to the image's
 99th percentile and the heart share is not known.
 
+With organ labels that include the superior mediastinum (4, as in the SVRTK atlas),
+``--crop-at-organs`` replaces the alignment by a hand crop centred on the arch's place from those
+labels, axes kept: the same models on the right pose, which tells alignment errors from model errors.
+
 Outputs in ``out_dir``: what ``infer`` writes, ``realcheck.json``, ``realcheck_vessels.csv`` and
 ``realcheck_overlay.png``. Nothing here trains or tunes: it is a check.
 """
@@ -31,10 +35,8 @@ from fetalcmr.anatomy import LABEL_INDEX, LABELS
 from fetalcmr.atomic import atomic_path, write_json_atomic, write_text_atomic
 from fetalcmr.cli import KEEP_ORIENTATION_HELP
 from fetalcmr.io import DataError, load_nifti
+from fetalcmr.realslice import HEART, LUNGS, arch_centre
 from fetalcmr.topology import betti_numbers
-
-#: Organ labels of the SVRTK thorax atlas (``thorax-atlas-organs.nii.gz``).
-HEART, LUNGS = 1, (2, 3)
 
 
 def vessel_table(image: np.ndarray, labels: np.ndarray, voxel_mm3: float, reference: float) -> pd.DataFrame:
@@ -68,7 +70,8 @@ def _organs(path: str | os.PathLike[str] | None, image_path: Path, shape: tuple[
 
 def _alignment(row: dict[str, Any]) -> dict[str, Any]:
     if not row["aligned"]:
-        return {"aligned": False}
+        centre = row.get("crop_centre_mm")
+        return {"aligned": False} | ({"crop_centre_mm": json.loads(centre)} if isinstance(centre, str) else {})
     return {"aligned": True, "align_search": str(row.get("align_search", "search")),
             "align_orientation": str(row["align_orientation"]),
             "align_matrix": json.loads(row["align_matrix"]),
@@ -77,17 +80,25 @@ def _alignment(row: dict[str, Any]) -> dict[str, Any]:
 
 def real_check(image: str | os.PathLike[str], bundle_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                *, organs: str | os.PathLike[str] | None = None, align: bool = True,
-               orientation: str = "search", progress: bool = True) -> dict[str, Any]:
+               orientation: str = "search", crop_at_organs: bool = False, progress: bool = True) -> dict[str, Any]:
     """Run the bundle on ``image`` and return (and write) the measurements described above
-    (``orientation`` as :func:`fetalcmr.infer.infer` takes it)."""
+    (``orientation`` as :func:`fetalcmr.infer.infer` takes it). ``crop_at_organs`` replaces the
+    alignment by a hand crop: the grid centred where :func:`fetalcmr.realslice.arch_centre` puts the
+    arch from the organ labels, the input's axes kept (what the models do when the pose is right)."""
     from fetalcmr.infer import infer
     from fetalcmr.render import overlay_slices
 
     image_path, out = Path(image), Path(out_dir)
-    row = infer(image_path, bundle_dir, out, align=align, orientation=orientation, progress=progress).iloc[0].to_dict()
     vol = load_nifti(image_path)
-    labels = np.rint(load_nifti(row["labels"]).array).astype(np.int16)
     organ_map = _organs(organs, image_path, vol.array.shape, vol.affine)
+    centre_mm = None
+    if crop_at_organs:
+        if organ_map is None:
+            raise DataError(f"{image_path}: a crop at the organs needs organ labels (--organs)")
+        centre_mm = vol.affine[:3, :3] @ arch_centre(organ_map) + vol.affine[:3, 3]
+    row = infer(image_path, bundle_dir, out, align=align, orientation=orientation, centre_mm=centre_mm,
+                progress=progress).iloc[0].to_dict()
+    labels = np.rint(load_nifti(row["labels"]).array).astype(np.int16)
     voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
     vessels = labels > 0
     if organ_map is not None:
@@ -138,6 +149,10 @@ def summary(result: dict[str, Any], vessels: pd.DataFrame) -> str:
 def alignment_line(result: dict[str, Any]) -> str:
     """One sentence on how the volume was placed on the bundle's grid."""
     if not result["aligned"]:
+        if "crop_centre_mm" in result:
+            x, y, z = result["crop_centre_mm"]
+            return (f"Not aligned: the bundle's grid was centred at ({x:.1f}, {y:.1f}, {z:.1f}) mm, the arch's "
+                    "place from the organ labels, with the volume's axes kept (a hand crop).")
         return "Not aligned: the bundle's grid was centred on the volume's centre."
     turns = "the input's axes kept" if result.get("align_search") == "stored" else "24 axis turns searched"
     return (f"Aligned to the bundle's template ({turns}) in {result['align_seconds']:.1f} s: template axes point "
@@ -146,7 +161,8 @@ def alignment_line(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m fetalcmr.realcheck INPUT BUNDLE OUT [--organs ORGANS] [--no-align | --keep-orientation]``."""
+    """``python -m fetalcmr.realcheck INPUT BUNDLE OUT [--organs ORGANS] [--no-align | --keep-orientation |
+    --crop-at-organs]``."""
     parser = argparse.ArgumentParser(prog="python -m fetalcmr.realcheck", description=__doc__.split("\n\n")[0])
     parser.add_argument("image", help="a 3D T2w NIfTI")
     parser.add_argument("bundle", help="a model bundle folder (fetalcmr export)")
@@ -156,10 +172,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="no alignment to the bundle's template: centre the bundle's grid on the volume "
                              "(for volumes already cropped as in training)")
     parser.add_argument("--keep-orientation", action="store_true", help=KEEP_ORIENTATION_HELP)
+    parser.add_argument("--crop-at-organs", action="store_true",
+                        help="no alignment: centre the bundle's grid on the arch found from the organ labels "
+                             "(superior mediastinum), the volume's axes kept; needs --organs. Tells pose errors "
+                             "from model errors")
     args = parser.parse_args(argv)
     try:
         result = real_check(args.image, args.bundle, args.out, organs=args.organs, align=not args.no_align,
-                            orientation="stored" if args.keep_orientation else "search")
+                            orientation="stored" if args.keep_orientation else "search",
+                            crop_at_organs=args.crop_at_organs)
     except DataError as err:
         print(f"realcheck: {err}", file=sys.stderr)
         return 2

@@ -27,21 +27,23 @@ def test_validate_ok_and_bad(tiny_dataset: Path, capsys: pytest.CaptureFixture[s
 
 
 
-@pytest.mark.parametrize(("flags", "align", "orientation"), [([], True, "search"), (["--no-align"], False, "search"),
-                                                            (["--keep-orientation"], True, "stored")])
+@pytest.mark.parametrize(("flags", "align", "orientation", "centre"),
+                         [([], True, "search", None), (["--no-align"], False, "search", None),
+                          (["--keep-orientation"], True, "stored", None),
+                          (["--centre", "1.5", "-2", "3"], True, "search", [1.5, -2.0, 3.0])])
 def test_infer_aligns_unless_told_not_to(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, flags: list[str],
-                                         align: bool, orientation: str) -> None:
+                                         align: bool, orientation: str, centre: list[float] | None) -> None:
     import pandas as pd
 
     import fetalcmr.infer
 
     seen = {}
 
-    def fake_infer(source, bundle, out, *, align: bool = True, orientation: str = "search",
+    def fake_infer(source, bundle, out, *, align: bool = True, orientation: str = "search", centre_mm=None,
                    progress: bool = True) -> pd.DataFrame:
-        seen.update(source=source, align=align, orientation=orientation)
+        seen.update(source=source, align=align, orientation=orientation, centre=centre_mm)
         return pd.DataFrame()
 
     monkeypatch.setattr(fetalcmr.infer, "infer", fake_infer)
     assert main(["infer", str(tmp_path), "--bundle", str(tmp_path), "--out", str(tmp_path / "o"), *flags]) == 0
-    assert seen == {"source": str(tmp_path), "align": align, "orientation": orientation}
+    assert seen == {"source": str(tmp_path), "align": align, "orientation": orientation, "centre": centre}

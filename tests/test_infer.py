@@ -329,3 +329,41 @@ def test_infer_cleans_as_the_bundle_says_and_flags_rule_disagreement(
         written = np.asarray(nib.load(str(tmp_path / f"out_{name}" / "case_labels.nii.gz")).dataobj)
         counts[name] = int(ndimage.label(written == ao, structure=np.ones((3, 3, 3)))[1])
     assert counts == {"clean": 1, "raw": 2}  # the speck is gone only where the bundle chose the clean-up
+
+
+def test_a_crop_centre_places_the_grid_there_and_equals_the_centre_crop_at_the_volumes_centre(
+        bundle_dir: Path, tmp_path: Path) -> None:
+    """``centre_mm``: the model grid's centre voxel sits at the given world point, axes kept; at the volume's
+    own centre the input is the unaligned centre crop's, voxel for voxel."""
+    from fetalcmr.align import centre
+    from fetalcmr.bundle import load_bundle
+    from fetalcmr.infer import model_input
+    from fetalcmr.io import load_nifti
+
+    path = _volume(tmp_path / "vol.nii.gz", flip_x=False)
+    bundle = load_bundle(bundle_dir)
+    point = np.array([20.0, 5.0, 30.0])
+    vol, record = model_input(bundle, path, align=True, centre_mm=point)
+    middle = (np.array(vol.array.shape) - 1) / 2.0
+    np.testing.assert_allclose(vol.affine[:3, :3] @ middle + vol.affine[:3, 3], point, atol=1e-9)
+    np.testing.assert_allclose(vol.affine[:3, :3], np.eye(3) * bundle.spacing_mm)
+    assert record == {"aligned": False, "crop_centre_mm": "[20.0, 5.0, 30.0]"}
+    at_centre, _ = model_input(bundle, path, align=True, centre_mm=centre(load_nifti(path)))
+    centre_crop, _ = model_input(bundle, path, align=False)
+    np.testing.assert_allclose(at_centre.array, centre_crop.array, atol=1e-4)
+
+
+def test_a_crop_centre_is_for_one_volume(bundle_dir: Path, tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(2):
+        _volume(src / f"case{i}.nii.gz", seed=i)
+    argv = ["infer", str(src), "--bundle", str(bundle_dir), "--out", str(tmp_path / "out"), "--quiet"]
+    assert cli_main([*argv, "--centre", "0", "0", "0"]) == 2
+    assert "a crop centre applies to one volume, not 2" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "predictions.csv").exists()
+    one = ["infer", str(src / "case0.nii.gz"), "--bundle", str(bundle_dir), "--out", str(tmp_path / "one"), "--quiet"]
+    assert cli_main([*one, "--centre", "1", "2", "3"]) == 0
+    row = json.loads((tmp_path / "one" / "predictions.json").read_text())["cases"][0]
+    assert row["crop_centre_mm"] == "[1.0, 2.0, 3.0]" and row["aligned"] is False

@@ -127,3 +127,25 @@ def test_runs_on_the_shared_real_volume(bundle: Path, tmp_path: Path) -> None:
     result = real_check(REAL / "thorax-atlas.nii.gz", bundle, tmp_path, organs=REAL / "thorax-atlas-organs.nii.gz",
                         progress=False)
     assert result["intensity_reference"] == "lung mean" and (tmp_path / "realcheck.md").exists()
+
+
+def test_crop_at_organs_centres_the_grid_on_the_arch(bundle: Path, embedded: tuple[Path, Path], tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """``--crop-at-organs``: no alignment; the grid's centre is where the organ labels put the arch."""
+    from fetalcmr.realslice import SUPERIOR, arch_centre
+
+    image_path, organs_path = embedded
+    organs_img = nib.load(str(organs_path))
+    organs = np.asarray(organs_img.dataobj).astype(np.int16)
+    organs[30:36, 34:40, 40:46] = SUPERIOR
+    with_superior = tmp_path / "organs4.nii.gz"
+    nib.save(nib.Nifti1Image(organs, organs_img.affine), str(with_superior))
+    out = tmp_path / "crop"
+    assert main([str(image_path), str(bundle), str(out), "--organs", str(with_superior), "--crop-at-organs"]) == 0
+    result = json.loads((out / "realcheck.json").read_text())
+    expected = organs_img.affine[:3, :3] @ arch_centre(organs) + organs_img.affine[:3, 3]
+    assert result["aligned"] is False and "align_matrix" not in result
+    np.testing.assert_allclose(result["crop_centre_mm"], expected, atol=0.01)
+    assert "the arch's place from the organ labels" in (out / "realcheck.md").read_text()
+    assert main([str(image_path), str(bundle), str(tmp_path / "none"), "--crop-at-organs"]) == 2
+    assert "needs organ labels" in capsys.readouterr().err
