@@ -15,8 +15,9 @@ result maps template world points to input world points. Coarse to fine:
    data, at ``COARSE_MM`` for each candidate, then at ``FINE_MM`` for the one with the highest NCC.
 
 Intensities are divided by each volume's 99th percentile and each level is smoothed before it is
-resampled. Torch runs on one thread meanwhile (the tensors are small). About 2 s per volume
-(synthetic 52 mm template, inputs up to ~100 mm, one core).
+resampled. Torch runs on one thread meanwhile (the tensors are small). About 4.5 s per volume
+with the synthetic cohort's 80 mm template (:func:`fetalcmr.synth.atlas.build_template`; 2 s with a
+52 mm one), inputs up to ~100 mm, one core.
 :func:`fetalcmr.propagation.affine_align` fits in normalised coordinates of two grids of one
 shape; here the input's grid is larger than the template's, so sampling is in world coordinates
 with ``grid_sample``.

@@ -211,7 +211,7 @@ def bench_infer(work: Path) -> list[Row]:
     import torch
 
     from fetalcmr.anatomy import CLASSES, LABELS
-    from fetalcmr.bundle import coa_template, export_bundle
+    from fetalcmr.bundle import alignment_template, export_bundle
     from fetalcmr.config import get_profile
     from fetalcmr.dataset import read_dataset
     from fetalcmr.infer import infer
@@ -224,7 +224,7 @@ def bench_infer(work: Path) -> list[Row]:
     bundle = export_bundle(work / "bundle", members, segmenter=prof.segmenter, classifier=prof.classifier,
                            kind="softmax+image", grid=prof.cohort.grid, spacing_mm=prof.cohort.spacing_mm,
                            labels=dict(LABELS), classes=dict(CLASSES), provenance={"bench": True},
-                           template=coa_template(read_dataset(source)))
+                           template=alignment_template(read_dataset(source)))
     n = len(read_dataset(source)["testing"])
     wall, table = timed(lambda: infer(source, bundle, work / "out", progress=False))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

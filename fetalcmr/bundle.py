@@ -74,8 +74,13 @@ def _config_from(cls: type, data: dict[str, Any]) -> Any:
     return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
-def coa_template(data: dict[str, Any]) -> str:
-    """The image of the dataset's CoA atlas (``atlases`` entry with label 0): the bundle's template."""
+def alignment_template(data: dict[str, Any]) -> str:
+    """The bundle's alignment template: the dataset's ``template`` image when it has one (the synthetic
+    cohort's wide, background-masked thorax, :func:`fetalcmr.synth.atlas.build_template`), else the
+    image of its CoA atlas (``atlases`` entry with label 0)."""
+    template = data.get("template")
+    if isinstance(template, dict) and template.get("image"):
+        return str(template["image"])
     for atlas in data.get("atlases") or []:
         if int(atlas["label"]) == 0:
             return str(atlas["image"])

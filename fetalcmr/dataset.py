@@ -8,8 +8,9 @@ Item keys: ``id``, ``image``; ``binary`` (manual vessel-region mask); ``label`` 
 int); optional ``gt`` (multi-class truth, for evaluation only); ``lp`` (propagated labels);
 optional ``trachea`` (mask) and ``meta`` (free-form metadata such as gestational age).
 Top level: ``name``, ``labels``, ``classes``, ``spacing_mm``, optional ``atlases`` (a list of
-``{"label": class, "image": ..., "labelmap": ...}``) and the splits ``training``,
-``validation``, ``testing``.
+``{"label": class, "image": ..., "labelmap": ...}``), optional ``template`` (``{"image": ...}``: the
+image new volumes are aligned to at inference, any field of view; without it the CoA atlas) and the
+splits ``training``, ``validation``, ``testing``.
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ def _map_paths(data: dict[str, Any], fn: Any) -> dict[str, Any]:
         for key in ("image", "labelmap"):
             if isinstance(atlas.get(key), str):
                 atlas[key] = fn(atlas[key])
+    template = out.get("template")
+    if isinstance(template, dict) and isinstance(template.get("image"), str):
+        template["image"] = fn(template["image"])
     return out
 
 

@@ -432,7 +432,7 @@ def run_joint(data: Mapping[str, Any], segmentation: SegmentationOutputs, classi
     The stage's record is written last; the outputs are read back, so they equal :func:`load_joint`'s.
     """
     from fetalcmr.atomic import write_json_atomic
-    from fetalcmr.bundle import coa_template, export_bundle
+    from fetalcmr.bundle import alignment_template, export_bundle
     from fetalcmr.dataset import classes_of, labels_of
 
     if SEGMENTER_METHOD not in segmentation.checkpoints:
@@ -453,7 +453,7 @@ def run_joint(data: Mapping[str, Any], segmentation: SegmentationOutputs, classi
     export_bundle(paths.bundle_dir, members, segmenter=seg_cfg,
                   classifier=cls_cfg, kind=KIND, grid=grid, spacing_mm=spacing_mm,
                   labels=labels, classes=classes_of(dict(data)), provenance=dict(provenance or {}),
-                  template=coa_template(dict(data)),
+                  template=alignment_template(dict(data)),
                   postprocessing=ensemble_postprocessing(members, samples["validation"], labels),
                   metrics=method_scores(exp.seg, exp.cls, compared_methods(exp.cls)))
     write_json_atomic(paths.outputs_record(STAGE), {

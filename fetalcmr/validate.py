@@ -144,6 +144,15 @@ def validate_dataset(path: str | os.PathLike[str], *, check_files: bool = True) 
                 _check_label_file(atlas["labelmap"], image, atlas["image"], "labels", labels, problems)
             except DataError as err:
                 problems.append(str(err))
+    template = data.get("template")
+    if template is not None:
+        if not isinstance(template, dict) or not isinstance(template.get("image"), str):
+            problems.append(f"{source} template: expected an object with an 'image' path")
+        elif check_files:
+            try:
+                load_nifti(template["image"])
+            except DataError as err:
+                problems.append(str(err))
     if problems:
         raise DatasetInvalid(source, problems)
     return data

@@ -334,3 +334,29 @@ def test_thorax_and_heart_sized_against_the_vessels(subjects, cls):
     assert 12.5 <= width(wide.tissue == Tissue.LUNG) <= 15.5
     assert 14.6 <= width((wide.tissue != Tissue.AMNIOTIC)[:, :, level:level + 1]) <= 17.5
     assert 6.4 <= width(heart) <= 8.5
+
+
+def test_alignment_template_is_the_whole_thorax_masked_in_the_atlas_frame():
+    """``build_template``: 80 mm of the CoA mean shape, zero outside the body, and its central crop is the
+    CoA atlas's frame (same vessel labels voxel for voxel), so the model grid centred on it is the
+    training field."""
+    from fetalcmr.synth.atlas import TEMPLATE_FOV_MM, build_template
+    from fetalcmr.synth.params import sample_params
+
+    grid, spacing = SMALL
+    rng = np.random.default_rng(3)
+    population = [sample_params(cls, rng) for cls in (0, 0, 0, 1, 2)]
+    template = build_template(population, spacing)
+    n = template.image.shape[0]
+    assert n == round(TEMPLATE_FOV_MM / spacing) and template.image.shape == (n, n, n)
+    assert template.meta["n_subjects"] == 3
+    corners = template.image[[0, -1]][:, [0, -1]][:, :, [0, -1]]
+    centre = template.image[n // 2 - 8:n // 2 + 8, n // 2 - 8:n // 2 + 8, n // 2 - 8:n // 2 + 8]
+    assert np.all(corners == 0) and np.all(centre > 0)
+    np.testing.assert_allclose(template.affine[:3, :3] @ ((np.array(template.image.shape) - 1) / 2)
+                               + template.affine[:3, 3], 0.0, atol=1e-6)
+    atlas = build_atlas(0, population, grid, spacing)
+    lo = (n - grid) // 2
+    assert np.array_equal(template.labelmap[lo:lo + grid, lo:lo + grid, lo:lo + grid], atlas.labelmap)
+    with pytest.raises(ValueError, match="no CoA subjects"):
+        build_template([p for p in population if p.cls != 0], spacing)

@@ -142,3 +142,24 @@ def test_reference_datalist_imports(tiny_dataset: Path, tmp_path: Path) -> None:
     assert first["binary"] == ours["training"][0]["binary"] and first["lp"] == ours["training"][0]["gt"]
     assert first["label"] == 1
     assert data["testing"][0]["gt"] == ours["testing"][0]["gt"] and "binary" not in data["testing"][0]
+
+
+def test_alignment_template_entry_round_trips_and_is_checked(tiny_dataset: Path) -> None:
+    """``template`` (the image new volumes are aligned to): written relative, read absolute, preferred
+    over the CoA atlas by the bundle; a missing file or a malformed entry is named."""
+    from fetalcmr.bundle import alignment_template
+
+    image = tiny_dataset.parent / "template.nii.gz"
+    save_nifti(image, np.ones((20, 20, 20), np.float32), np.diag([1.5, 1.5, 1.5, 1]))
+    _edit(tiny_dataset, lambda d: d.update(template={"image": str(image)},
+                                           atlases=[{"label": 0, "image": "a.nii.gz", "labelmap": "b.nii.gz"}]))
+    assert json.loads(tiny_dataset.read_text())["template"]["image"] == "template.nii.gz"
+    data = read_dataset(tiny_dataset)
+    assert alignment_template(data) == str(image)
+    assert alignment_template({"atlases": data["atlases"]}) == str(tiny_dataset.parent / "a.nii.gz")
+    _edit(tiny_dataset, lambda d: d.pop("atlases"))
+    validate_dataset(tiny_dataset)
+    image.unlink()
+    assert "template.nii.gz: file not found" in _problem(tiny_dataset)
+    _edit(tiny_dataset, lambda d: d.update(template="template.nii.gz"))
+    assert "template: expected an object with an 'image' path" in _problem(tiny_dataset)

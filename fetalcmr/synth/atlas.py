@@ -22,9 +22,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fetalcmr.anatomy import CLASSES
+from fetalcmr.anatomy import CLASS_INDEX, CLASSES
 from fetalcmr.synth.params import SubjectParams, mean_params
 from fetalcmr.synth.subject import label_problems, render_subject
+from fetalcmr.synth.thorax import Tissue
+
+#: Field of view (mm) of the alignment template: the whole thorax, wider than the 52 mm training field.
+TEMPLATE_FOV_MM: float = 80.0
 
 
 @dataclass
@@ -52,3 +56,26 @@ def build_atlas(cls: int, population: list[SubjectParams], grid: int, spacing_mm
     meta["n_subjects"] = len(members)
     meta["method"] = "mean-shape rendering of the class's training subjects (averaged parameters, no pose/noise)"
     return Atlas(cls=cls, image=sub.image, labelmap=sub.gt, affine=sub.affine, meta=meta)
+
+
+def build_template(population: list[SubjectParams], spacing_mm: float,
+                   fov_mm: float = TEMPLATE_FOV_MM) -> Atlas:
+    """The alignment template new volumes are registered to at inference (:mod:`fetalcmr.align`).
+
+    The CoA mean-shape subject (as :func:`build_atlas`) rendered over ``fov_mm`` — the whole thorax, so
+    the body outline, lungs, heart and spine fix the pose — with everything outside the body set to 0,
+    as a masked reconstruction is. Its centre is the training field's centre, so the model grid centred
+    on it is the arch-centred crop. Why wide and masked: against the real SVRTK thorax atlas, the 52 mm
+    CoA atlas chose a turned pose (LIP) over the right one (NCC 0.53 vs 0.48), while this template finds
+    the upright pose (docs/design.md §9).
+    """
+    coa = CLASS_INDEX["CoA"]
+    members = [p for p in population if p.cls == coa]
+    if not members:
+        raise ValueError("no CoA subjects to build the alignment template from")
+    n = int(round(fov_mm / spacing_mm))
+    sub = render_subject(mean_params(members, texture_seed=2000), n, spacing_mm, with_binary=False)
+    image = np.where(sub.tissue == Tissue.AMNIOTIC, 0.0, sub.image).astype(np.float32)
+    meta = {"n_subjects": len(members), "fov_mm": round(n * spacing_mm, 2), "class": CLASSES[coa],
+            "method": "CoA mean-shape rendering over the whole thorax, outside the body set to 0"}
+    return Atlas(cls=coa, image=image, labelmap=sub.gt, affine=sub.affine, meta=meta)

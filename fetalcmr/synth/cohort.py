@@ -4,6 +4,7 @@ Layout under ``out_dir``::
 
     sub-000/sub-000_image.nii.gz, _gt, _binary, _trachea
     atlases/atlas-CoA_image.nii.gz, atlas-CoA_labelmap.nii.gz, ...
+    atlases/template_image.nii.gz   (the alignment template for inference: 80 mm, masked)
     dataset.json          (written last; holds the cache key)
 
 Generation is cached: when ``dataset.json`` already carries the content key of (cohort
@@ -27,7 +28,7 @@ from fetalcmr.cache import code_version, content_key
 from fetalcmr.config import CohortConfig
 from fetalcmr.dataset import SPLITS, read_dataset, write_dataset
 from fetalcmr.io import DataError, save_nifti
-from fetalcmr.synth.atlas import build_atlas
+from fetalcmr.synth.atlas import build_atlas, build_template
 from fetalcmr.synth.params import SubjectParams
 from fetalcmr.synth.subject import FOV_MM, generate_subject
 
@@ -71,6 +72,7 @@ def _is_cached(path: Path, key: str) -> bool:
         return False
     files = [item[k] for s in SPLITS for item in data.get(s, []) for k in ("image", "gt", "binary", "trachea")]
     files += [a[k] for a in data.get("atlases", []) for k in ("image", "labelmap")]
+    files += [data["template"]["image"]] if "template" in data else []
     return all(os.path.exists(f) for f in files)
 
 
@@ -209,5 +211,8 @@ def generate_cohort(out_dir: str | os.PathLike[str], cohort_cfg: CohortConfig, s
         save_nifti(files["labelmap"], atlas.labelmap, atlas.affine)
         data["atlases"].append({"label": cls, "image": str(files["image"]), "labelmap": str(files["labelmap"]),
                                 "meta": atlas.meta})
+    template = build_template(training_params, spacing)
+    save_nifti(out / "atlases" / "template_image.nii.gz", template.image, template.affine)
+    data["template"] = {"image": str(out / "atlases" / "template_image.nii.gz"), "meta": template.meta}
     write_dataset(path, data)
     return path
