@@ -35,7 +35,7 @@ from fetalcmr.anatomy import LABEL_INDEX, LABELS
 from fetalcmr.atomic import atomic_path, write_json_atomic, write_text_atomic
 from fetalcmr.cli import KEEP_ORIENTATION_HELP
 from fetalcmr.io import DataError, load_nifti
-from fetalcmr.realslice import HEART, LUNGS, arch_centre
+from fetalcmr.realslice import HEART, LUNGS, SUPERIOR, arch_centre
 from fetalcmr.topology import betti_numbers
 
 
@@ -95,6 +95,8 @@ def real_check(image: str | os.PathLike[str], bundle_dir: str | os.PathLike[str]
     if crop_at_organs:
         if organ_map is None:
             raise DataError(f"{image_path}: a crop at the organs needs organ labels (--organs)")
+        if not (organ_map == SUPERIOR).any():
+            raise DataError(f"{organs}: no superior mediastinum (label {SUPERIOR}) to place the arch at")
         centre_mm = vol.affine[:3, :3] @ arch_centre(organ_map) + vol.affine[:3, 3]
     row = infer(image_path, bundle_dir, out, align=align, orientation=orientation, centre_mm=centre_mm,
                 progress=progress).iloc[0].to_dict()

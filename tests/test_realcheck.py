@@ -149,3 +149,6 @@ def test_crop_at_organs_centres_the_grid_on_the_arch(bundle: Path, embedded: tup
     assert "the arch's place from the organ labels" in (out / "realcheck.md").read_text()
     assert main([str(image_path), str(bundle), str(tmp_path / "none"), "--crop-at-organs"]) == 2
     assert "needs organ labels" in capsys.readouterr().err
+    no_superior = [str(image_path), str(bundle), str(tmp_path / "no4"), "--organs", str(organs_path)]
+    assert main([*no_superior, "--crop-at-organs"]) == 2
+    assert "no superior mediastinum (label 4)" in capsys.readouterr().err
