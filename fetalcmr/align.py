@@ -96,11 +96,16 @@ def centre(vol: Volume) -> np.ndarray:
     return vol.affine[:3, :3] @ ((np.array(vol.array.shape) - 1) / 2.0) + vol.affine[:3, 3]
 
 
+def grid_at(point_mm: np.ndarray, grid: int, spacing_mm: float) -> np.ndarray:
+    """Voxel-to-world affine of a cubic, axis-aligned grid whose central position is ``point_mm``."""
+    aff = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
+    aff[:3, 3] = np.asarray(point_mm, dtype=float) - spacing_mm * (grid - 1) / 2.0
+    return aff
+
+
 def model_grid(template: Volume, grid: int, spacing_mm: float) -> np.ndarray:
     """Voxel-to-world affine of the cubic model grid centred on the template."""
-    aff = np.diag([spacing_mm, spacing_mm, spacing_mm, 1.0])
-    aff[:3, 3] = centre(template) - spacing_mm * (grid - 1) / 2.0
-    return aff
+    return grid_at(centre(template), grid, spacing_mm)
 
 
 def centre_crop(image: Volume, template: Volume) -> np.ndarray:

@@ -134,12 +134,11 @@ def model_input(bundle: Bundle, path: Path, align: bool, orientation: str = "sea
     alignment record (``aligned`` false and no numbers when the grid is not aligned); ``orientation``
     as :func:`fetalcmr.align.align_to_template` takes it. ``centre_mm`` (a world point, RAS mm) places
     the grid there with the input's axes kept, instead of aligning or centre-cropping."""
-    from fetalcmr.align import align_to_template, image_on_model_grid, model_grid
+    from fetalcmr.align import align_to_template, grid_at, image_on_model_grid, model_grid
     from fetalcmr.data import load_volume
 
     if centre_mm is not None:
-        affine = np.diag([bundle.spacing_mm] * 3 + [1.0])
-        affine[:3, 3] = np.asarray(centre_mm, dtype=float) - bundle.spacing_mm * (bundle.grid - 1) / 2.0
+        affine = grid_at(centre_mm, bundle.grid, bundle.spacing_mm)
         array = normalise_intensity(image_on_model_grid(load_nifti(path), affine, bundle.grid))
         return Volume(array, affine), {"aligned": False, "crop_centre_mm": json.dumps(
             [round(float(c), 2) for c in centre_mm])}
