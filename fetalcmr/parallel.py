@@ -30,7 +30,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fetalcmr.train import TrainConfig, TrainResult, train
-from fetalcmr.workers import THREADS_ENV, WORKERS_ENV, one_thread, run_workers
+from fetalcmr.workers import THREADS_ENV, WORKERS_ENV, exit_with_parent, one_thread, run_workers
 
 #: samples shared by every job of a worker process, and the queue its finished epochs go to
 #: (set by :func:`_init_worker`)
@@ -68,6 +68,7 @@ def run_processes(n_runs: int) -> int:
 
 def _init_worker(samples: Mapping[str, Sequence[dict[str, Any]]], epochs: Any) -> None:
     global _SHARED, _EPOCHS
+    exit_with_parent()
     os.environ[THREADS_ENV] = "1"
     torch.set_num_threads(1)
     _SHARED, _EPOCHS = samples, epochs

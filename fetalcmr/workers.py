@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from typing import Any, TypeVar
@@ -31,6 +33,9 @@ THREADS_ENV = "FETALCMR_THREADS"
 
 #: fewer items than this run here: starting a process (importing torch) costs a few seconds
 MIN_ITEMS = 16
+
+#: seconds between a worker's checks that the process that started it is still alive
+PARENT_POLL_S = 1.0
 
 #: the context every item of a :func:`map_items` worker is given (set by :func:`_init_map_worker`)
 _CONTEXT: Any = None
@@ -76,8 +81,27 @@ def one_thread() -> Iterator[None]:
         torch.set_num_threads(before_threads)
 
 
+def exit_with_parent(poll_s: float = PARENT_POLL_S) -> None:
+    """Make this worker process end itself soon after the process that started it dies.
+
+    A worker busy with a long job (a training run) never reads the pool's queue, so when the
+    notebook kernel above it is killed (an interrupted ``make reproduce``) it would train on,
+    orphaned, competing for the cores with the next run. A daemon thread polls the parent's pid
+    and exits the process (status 1) once the worker has been re-parented.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def _init_map_worker(context: Any) -> None:
     global _CONTEXT
+    exit_with_parent()
     os.environ[THREADS_ENV] = "1"
     torch.set_num_threads(1)
     _CONTEXT = context

@@ -5,6 +5,11 @@ environment."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,3 +78,53 @@ def test_one_thread_restores_threads_and_environment(monkeypatch: pytest.MonkeyP
         assert os.environ[THREADS_ENV] == "2" and torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+_SLEEPER = '''
+import os, time
+
+def sleep_and_report(item, folder):
+    with open(os.path.join(folder, f"worker{os.getpid()}"), "w"):
+        pass
+    time.sleep(120)
+    return item
+'''
+
+_DRIVER = '''
+import sys
+from sleeper import sleep_and_report
+from fetalcmr.workers import map_items
+map_items(sleep_and_report, [0, 1], sys.argv[1], workers=2, min_items=1, progress=False)
+'''
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie waiting for its new parent to reap it has ended
+        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def test_workers_end_when_the_process_that_started_them_is_killed(tmp_path: Path) -> None:
+    """An interrupted stage must not leave its workers training on (orphaned, competing for the cores)."""
+    (tmp_path / "sleeper.py").write_text(_SLEEPER)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    driver = subprocess.Popen([sys.executable, "-c", _DRIVER, str(tmp_path)], env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(tmp_path.glob("worker*"))) < 2:
+            assert driver.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+    finally:
+        driver.kill()  # SIGKILL: no clean-up in the parent, as when a kernel is killed
+        driver.wait()
+    pids = [int(f.name.removeprefix("worker")) for f in tmp_path.glob("worker*")]
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    survivors = [pid for pid in pids if _alive(pid)]
+    for pid in survivors:
+        os.kill(pid, signal.SIGKILL)
+    assert not survivors, f"workers {survivors} kept running after their parent was killed"
