@@ -48,7 +48,7 @@ class Tissue(IntEnum):
 BODY_CENTRE: tuple[float, float, float] = (0.0, 3.5, 0.0)
 BODY_RADII: tuple[float, float] = (33.5, 35.0)
 CAVITY_RADII: tuple[float, float] = (29.0, 28.0)
-HEART_CENTRE: tuple[float, float, float] = (-4.5, 14.0, -16.5)
+HEART_CENTRE: tuple[float, float, float] = (-4.5, 14.0, -10.5)
 HEART_RADII: tuple[float, float, float] = (18.0, 13.5, 12.4)
 HEART_AXIS_DEG: float = 135.0
 HEART_WALL_MM: float = 1.8
