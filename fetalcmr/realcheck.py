@@ -8,8 +8,8 @@ pieces and loops, Betti b0 and b1), each predicted vessel's volume in mm³ and m
 and an overlay figure. With organ labels (``--organs``: 1 heart, 2 and 3 the lungs, as in the
 public SVRTK thorax atlas), intensities are given relative to the lungs' mean (black-blood
 vessel lumen is dark: near 0) and the share of predicted vessel voxels inside the heart is
-reported (blood pool labelled as vessel). Without them, intensities are relative to the image's
-99th percentile and the heart share is not known.
+reported, overall and per vessel (blood pool labelled as vessel, and as which vessel). Without
+them, intensities are relative to the image's 99th percentile and the heart share is not known.
 
 With organ labels that include the superior mediastinum (4, as in the SVRTK atlas),
 ``--crop-at-organs`` replaces the alignment by a hand crop centred on the arch's place from those
@@ -39,16 +39,22 @@ from fetalcmr.realslice import HEART, LUNGS, SUPERIOR, arch_centre
 from fetalcmr.topology import betti_numbers
 
 
-def vessel_table(image: np.ndarray, labels: np.ndarray, voxel_mm3: float, reference: float) -> pd.DataFrame:
-    """Return per predicted vessel: voxels, volume (mm³) and mean image intensity / ``reference``."""
+def vessel_table(image: np.ndarray, labels: np.ndarray, voxel_mm3: float, reference: float,
+                 heart: np.ndarray | None = None) -> pd.DataFrame:
+    """Return per predicted vessel: voxels, volume (mm³) and mean image intensity / ``reference``; with a
+    ``heart`` mask also the share of its voxels inside the heart (which vessels a heart share comes from)."""
+    columns = ["label", "voxels", "volume_mm3", "intensity_rel"] + ([] if heart is None else ["in_heart"])
     rows = []
     for k, name in LABELS.items():
         mask = labels == k
         if k == 0 or not mask.any():
             continue
-        rows.append({"label": name, "voxels": int(mask.sum()), "volume_mm3": float(mask.sum() * voxel_mm3),
-                     "intensity_rel": float(image[mask].mean() / reference)})
-    return pd.DataFrame(rows, columns=["label", "voxels", "volume_mm3", "intensity_rel"])
+        row = {"label": name, "voxels": int(mask.sum()), "volume_mm3": float(mask.sum() * voxel_mm3),
+               "intensity_rel": float(image[mask].mean() / reference)}
+        if heart is not None:
+            row["in_heart"] = float((mask & heart).sum() / mask.sum())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def arch_connectivity(labels: np.ndarray) -> dict[str, int]:
@@ -103,14 +109,15 @@ def real_check(image: str | os.PathLike[str], bundle_dir: str | os.PathLike[str]
     labels = np.rint(load_nifti(row["labels"]).array).astype(np.int16)
     voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
     vessels = labels > 0
+    heart = None if organ_map is None else organ_map == HEART
     if organ_map is not None:
         lung = np.isin(organ_map, LUNGS)
         reference, reference_name = float(vol.array[lung].mean()), "lung mean"
-        in_heart = float((vessels & (organ_map == HEART)).sum() / max(int(vessels.sum()), 1))
+        in_heart = float((vessels & heart).sum() / max(int(vessels.sum()), 1))
     else:
         reference, reference_name = float(np.percentile(vol.array, 99)), "image 99th percentile"
         in_heart = None
-    table = vessel_table(vol.array, labels, voxel_mm3, reference)
+    table = vessel_table(vol.array, labels, voxel_mm3, reference, heart)
     all_vessels = float(vol.array[vessels].mean() / reference) if vessels.any() else float("nan")
     result = {
         "image": str(image_path), "bundle": str(Path(bundle_dir).resolve()), "organs": str(organs or ""),

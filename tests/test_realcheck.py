@@ -108,6 +108,11 @@ def test_vessel_table_and_arch_connectivity_on_known_maps() -> None:
     t = vessel_table(image, labels, voxel_mm3=0.5, reference=100.0).set_index("label")
     assert t.loc["AO", "voxels"] == 48 and t.loc["AO", "volume_mm3"] == 24.0
     assert t.loc["AO", "intensity_rel"] == pytest.approx(0.1) and t.loc["DAO", "intensity_rel"] == pytest.approx(1.0)
+    assert "in_heart" not in t.columns  # without organ labels the heart is not known
+    heart = np.zeros_like(labels, dtype=bool)
+    heart[2:6] = True  # the half of the AO ring with x < 6, none of the DAO voxel
+    t = vessel_table(image, labels, voxel_mm3=0.5, reference=100.0, heart=heart).set_index("label")
+    assert t.loc["AO", "in_heart"] == pytest.approx(24 / 48) and t.loc["DAO", "in_heart"] == 0.0
 
 
 def test_organ_labels_on_another_grid_are_refused(bundle: Path, embedded: tuple[Path, Path], tmp_path: Path,
