@@ -46,6 +46,15 @@ def oracle_items(items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{**it, "lp": it["gt"]} for it in items]
 
 
+def oracle_digest(data: Mapping[str, Any]) -> str:
+    """Return a hash of the files the oracle trains on (images, manual masks, truth as labels, classes), so
+    its cached run is retrained when the cohort changes, not reused."""
+    from fetalcmr.segmentation import training_digest
+
+    return training_digest({"training": oracle_items(data["training"]),
+                            "validation": oracle_items(data.get("validation") or [])})
+
+
 def per_vessel_dice(maps: Mapping[str, Mapping[str, np.ndarray]], truth: Mapping[str, np.ndarray],
                     labels: Mapping[int, str]) -> pd.DataFrame:
     """Return long rows ``method, id, label, name, dice`` of every method's map of every subject in ``truth``."""
@@ -96,6 +105,7 @@ def run_ablation(run_dir: str | Path, profile_name: str = "default", *, seed: in
                  progress: bool = True) -> pd.DataFrame:
     """Train the oracle, predict and review the run's test subjects, and return the per-vessel table
     (written with the topology summary under ``<run>/ablations/label_ceiling/``)."""
+    from fetalcmr.cache import content_key
     from fetalcmr.config import get_profile
     from fetalcmr.data import load_volume, make_samples
     from fetalcmr.dataset import labels_of
@@ -119,8 +129,10 @@ def run_ablation(run_dir: str | Path, profile_name: str = "default", *, seed: in
     train_s = make_samples(oracle_items(data["training"]), keys, grid=grid, spacing_mm=spacing)
     val_s = make_samples(oracle_items(data.get("validation") or []), keys, grid=grid, spacing_mm=spacing)
     tcfg = train_config(cfg, METHOD, seed)
-    result = train(functools.partial(make_segmenter, cfg), train_s, val_s, tcfg, out / "model",
-                   run_key=f"label-ceiling-{profile_name}-{seed}-{dataclasses.astuple(tcfg)!r}", progress=progress)
+    run_key = content_key("label-ceiling", profile_name, seed, tcfg.to_dict(), dataclasses.asdict(cfg),
+                          oracle_digest(data), grid, spacing)
+    result = train(functools.partial(make_segmenter, cfg), train_s, val_s, tcfg, out / "model", run_key=run_key,
+                   progress=progress)
     test_items = list(data.get("testing") or [])
     test_s = make_samples(test_items, ("image",), grid=grid, spacing_mm=spacing)
     oracle_maps = predict_labels(result.model, test_s, out / "predictions", progress=progress)

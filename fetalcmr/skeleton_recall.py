@@ -128,6 +128,7 @@ def run_ablation(run_dir: str | Path, profile_name: str = "default", *, seed: in
     Writes ``<run>/ablations/skeleton_recall/``: the model folder, ``predictions/``, ``subjects.csv``
     and ``summary.csv``.
     """
+    from fetalcmr.cache import content_key
     from fetalcmr.config import get_profile
     from fetalcmr.data import make_samples
     from fetalcmr.methods import get
@@ -135,7 +136,7 @@ def run_ablation(run_dir: str | Path, profile_name: str = "default", *, seed: in
     from fetalcmr.paths import RunPaths
     from fetalcmr.propagation import load_label_propagation
     from fetalcmr.review import load_cases, review_table
-    from fetalcmr.segmentation import METHOD, predict_labels, train_config
+    from fetalcmr.segmentation import METHOD, predict_labels, train_config, training_digest
     from fetalcmr.train import train
 
     paths = RunPaths(Path(run_dir))
@@ -149,8 +150,10 @@ def run_ablation(run_dir: str | Path, profile_name: str = "default", *, seed: in
     val_samples = with_skeletons(make_samples(data.get("validation", []) or [], keys, grid=grid, spacing_mm=spacing))
     skeleton_seconds = time.perf_counter() - t0
     tcfg = dataclasses.replace(train_config(cfg, METHOD, seed), mode=MODE)
+    run_key = content_key("skeleton-recall", WEIGHT, profile_name, seed, tcfg.to_dict(), dataclasses.asdict(cfg),
+                          training_digest(data), grid, spacing)
     result = train(functools.partial(make_segmenter, cfg), train_samples, val_samples, tcfg, out / "model",
-                   run_key=f"skeleton-recall-{WEIGHT}-{profile_name}-{seed}", progress=progress)
+                   run_key=run_key, progress=progress)
     test_items = list(data.get("testing", []) or [])
     test_samples = make_samples(test_items, ("image",), grid=grid, spacing_mm=spacing)
     predict_labels(result.model, test_samples, out / "predictions", progress=progress)

@@ -22,6 +22,25 @@ def test_the_oracle_reads_gt_where_the_network_reads_lp_and_nothing_else_changes
         lc.oracle_items([{"id": "b", "lp": "b_lp"}])
 
 
+def test_the_oracle_is_retrained_when_its_training_files_change(tmp_path: Path) -> None:
+    """Its cache key follows the content of the truth, images and masks it trains on (not only the settings):
+    a regenerated cohort with the same subject ids must not reuse the oracle trained on the old one."""
+    items = []
+    for sid, split in (("s0", "training"), ("s1", "validation")):
+        item = {"id": sid, "label": 0}
+        for key in ("image", "lp", "gt", "binary"):
+            (tmp_path / f"{sid}_{key}").write_bytes(f"{sid} {key}".encode())
+            item[key] = str(tmp_path / f"{sid}_{key}")
+        items.append((split, item))
+    data = {split: [item] for split, item in items}
+    before = lc.oracle_digest(data)
+    assert lc.oracle_digest(data) == before
+    (tmp_path / "s0_lp").write_bytes(b"other propagated labels")  # the oracle does not read LP
+    assert lc.oracle_digest(data) == before
+    (tmp_path / "s1_gt").write_bytes(b"another cohort's truth")
+    assert lc.oracle_digest(data) != before
+
+
 def test_vessel_rows_score_every_method_on_the_same_subjects() -> None:
     truth = {"s0": np.array([[[4, 4, 6, 6]]]), "s1": np.array([[[4, 4, 6, 0]]])}
     maps = {lc.LP: {"s0": np.array([[[4, 0, 6, 6]]]), "s1": np.array([[[4, 4, 6, 0]]])},
