@@ -3,6 +3,7 @@ softmax format."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from fetalcmr.predict import (
     save_softmax,
     softmax_file,
 )
+from fetalcmr.train import mixed_precision
 
 SEG = SegmenterConfig(channels=(2, 4, 4), strides=(2, 2), dropout=0.0)  # divisor 4
 CLS = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), grid=8, dropout=0.0)
@@ -34,14 +36,18 @@ def _segmenter() -> torch.nn.Module:
 
 
 def _padded_forward(model: torch.nn.Module, image: np.ndarray, multiple: int) -> tuple[torch.Tensor, ...]:
-    """The reference: zero-pad the end of every axis to ``multiple``, run, crop the voxel outputs."""
+    """The reference: zero-pad the end of every axis to ``multiple``, run (in this machine's mixed
+    precision, as every whole-volume forward is), crop the voxel outputs, in float32."""
     x = torch.from_numpy(image)[None]
     shape = x.shape[2:]
     pads = [p for n in reversed(shape) for p in (0, (-n) % multiple)]
-    with torch.no_grad():
+    precision = mixed_precision(torch.device("cpu"))
+    mixed = torch.autocast("cpu", dtype=getattr(torch, precision)) if precision != "float32" else (
+        contextlib.nullcontext())
+    with torch.no_grad(), mixed:
         out = model(F.pad(x, pads))
     outs = out if isinstance(out, tuple) else (out,)
-    return tuple(o[:, :, : shape[0], : shape[1], : shape[2]] if o.ndim == 5 else o for o in outs)
+    return tuple((o[:, :, : shape[0], : shape[1], : shape[2]] if o.ndim == 5 else o).float() for o in outs)
 
 
 @settings(max_examples=8, deadline=None)

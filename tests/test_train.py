@@ -1,5 +1,6 @@
 """Training engine: resume equals an uninterrupted run, the three modes and their steps (loss,
-scores, selection metric), learning-rate decay, and a 2-process DDP run under torchrun (gloo).
+scores, selection metric), learning-rate decay, precision and memory layout, and a 2-process DDP
+run under torchrun (gloo).
 The weak-supervision invariant: tests/test_weak_supervision.py."""
 
 from __future__ import annotations
@@ -26,7 +27,17 @@ from fetalcmr.curves import plot_history
 from fetalcmr.data import make_samples
 from fetalcmr.dataset import read_dataset
 from fetalcmr.models import JointNet, make_classifier, make_segmenter
-from fetalcmr.train import MODES, STEPS, SampleScore, TrainConfig, mode_step, read_history, train
+from fetalcmr.train import (
+    AMP_ENV,
+    MODES,
+    STEPS,
+    SampleScore,
+    TrainConfig,
+    mixed_precision,
+    mode_step,
+    read_history,
+    train,
+)
 
 NET = SegmenterConfig(channels=(2, 4), strides=(2,), dropout=0.2)
 CLS = ClassifierConfig(arch="small", init_features=4, growth_rate=4, block_config=(2,), dropout=0.2)
@@ -209,8 +220,53 @@ def test_training_runs_channels_last_and_returns_a_contiguous_model(toy: dict[st
         net.register_forward_pre_hook(record)
         return net
 
-    cfg = TrainConfig(mode="segment", epochs=1, batch_size=2, lr=1e-3, aug_prob=0.0, targets="lp")
+    cfg = TrainConfig(mode="segment", epochs=1, batch_size=2, lr=1e-3, aug_prob=0.0, targets="lp",
+                      precision="float32")
     res = train(model, tr, va, cfg, tmp_path, progress=False)
     assert layouts and all(layouts)  # every training step: channels-last input and 3D weights
     weights = [p for p in res.model.parameters() if p.ndim == 5]
     assert weights and all(p.is_contiguous() for p in weights)  # handed back as a loaded checkpoint is
+
+
+def test_mixed_precision_follows_the_cpu_and_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu = torch.device("cpu")
+    monkeypatch.delenv(AMP_ENV, raising=False)
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, probe, lambda: False, raising=False)
+    assert mixed_precision(cpu) == "float32"  # no native bfloat16: emulating it would be slower
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert mixed_precision(cpu) == "bfloat16"
+    assert TrainConfig(mode="segment", epochs=1, batch_size=1, lr=1e-3).precision == (
+        "bfloat16" if not torch.cuda.is_available() else mixed_precision())
+    monkeypatch.setenv(AMP_ENV, "0")
+    assert mixed_precision(cpu) == "float32"
+    cfg = TrainConfig(mode="segment", epochs=1, batch_size=1, lr=1e-3)
+    assert cfg.precision == "float32" and cfg.to_dict()["precision"] == "float32"  # so in every run key
+    with pytest.raises(ValueError, match="precision"):
+        TrainConfig(mode="segment", epochs=1, batch_size=1, lr=1e-3, precision="int8")
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_training_computes_in_its_precision(toy: dict[str, Any], tmp_path: Path, precision: str) -> None:
+    tr, va = _seg(toy)
+    seen: list[tuple[torch.dtype, bool]] = []
+
+    def model() -> torch.nn.Module:
+        net = make_segmenter(NET)
+        conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+
+        def record(module: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            if module.training:
+                seen.append((out.dtype, out.is_contiguous()))
+
+        conv.register_forward_hook(record)
+        return net
+
+    cfg = TrainConfig(mode="segment", epochs=1, batch_size=2, lr=1e-3, aug_prob=0.0, targets="lp",
+                      precision=precision)
+    res = train(model, tr, va, cfg, tmp_path, progress=False)
+    assert seen and {dtype for dtype, _ in seen} == {getattr(torch, precision)}
+    if precision == "bfloat16":  # the CPU's fast layout for bfloat16 is the contiguous one
+        assert all(contiguous for _, contiguous in seen)
+    assert np.isfinite(res.history["train_loss"]).all()
+    assert all(p.dtype == torch.float32 for p in res.model.parameters())  # weights stay float32
