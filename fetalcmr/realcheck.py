@@ -8,7 +8,10 @@ pieces and loops, Betti b0 and b1), each predicted vessel's volume in mm³ and m
 and an overlay figure. With organ labels (``--organs``: 1 heart, 2 and 3 the lungs, as in the
 public SVRTK thorax atlas), intensities are given relative to the lungs' mean (black-blood
 vessel lumen is dark: near 0) and the share of predicted vessel voxels inside the heart is
-reported, overall and per vessel (blood pool labelled as vessel, and as which vessel). Without
+reported, overall and per vessel (blood pool labelled as vessel, and as which vessel), with how
+deep inside the heart label those voxels lie: at its surface (≤ 2 mm, where a vessel's root meets the
+heart and the organ label's border is a matter of convention and partial volume) or deep in the
+blood pool (a chamber read as vessel). Without
 them, intensities are relative to the image's 99th percentile and the heart share is not known.
 
 With organ labels that include the superior mediastinum (4, as in the SVRTK atlas),
@@ -30,6 +33,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import ndimage
 
 from fetalcmr.anatomy import LABEL_INDEX, LABELS
 from fetalcmr.atomic import atomic_path, write_json_atomic, write_text_atomic
@@ -38,12 +42,25 @@ from fetalcmr.io import DataError, load_nifti
 from fetalcmr.realslice import HEART, LUNGS, SUPERIOR, arch_centre
 from fetalcmr.topology import betti_numbers
 
+#: Depth (mm) inside the heart label beyond which a predicted vessel voxel is "deep": past the border
+#: zone where vessel roots meet the heart (about three voxels of the real atlas's 0.65 mm grid).
+DEEP_MM: float = 2.0
+
+
+def heart_depth(heart: np.ndarray, spacing_mm: np.ndarray) -> np.ndarray:
+    """Return each voxel's distance (mm) to the nearest voxel outside ``heart`` (0 outside it)."""
+    return ndimage.distance_transform_edt(heart, sampling=spacing_mm)
+
 
 def vessel_table(image: np.ndarray, labels: np.ndarray, voxel_mm3: float, reference: float,
-                 heart: np.ndarray | None = None) -> pd.DataFrame:
+                 heart: np.ndarray | None = None, depth: np.ndarray | None = None) -> pd.DataFrame:
     """Return per predicted vessel: voxels, volume (mm³) and mean image intensity / ``reference``; with a
-    ``heart`` mask also the share of its voxels inside the heart (which vessels a heart share comes from)."""
-    columns = ["label", "voxels", "volume_mm3", "intensity_rel"] + ([] if heart is None else ["in_heart"])
+    ``heart`` mask also the share of its voxels inside the heart (which vessels a heart share comes from)
+    and, given the voxels' ``depth`` in it (:func:`heart_depth`), the share deeper than :data:`DEEP_MM`
+    and the median depth of those inside (NaN when none is)."""
+    heart_columns = [] if heart is None else ["in_heart"] + ([] if depth is None else ["deep_in_heart",
+                                                                                        "heart_depth_mm"])
+    columns = ["label", "voxels", "volume_mm3", "intensity_rel"] + heart_columns
     rows = []
     for k, name in LABELS.items():
         mask = labels == k
@@ -53,6 +70,10 @@ def vessel_table(image: np.ndarray, labels: np.ndarray, voxel_mm3: float, refere
                "intensity_rel": float(image[mask].mean() / reference)}
         if heart is not None:
             row["in_heart"] = float((mask & heart).sum() / mask.sum())
+        if heart is not None and depth is not None:
+            inside = depth[mask & heart]
+            row["deep_in_heart"] = float((inside > DEEP_MM).sum() / mask.sum())
+            row["heart_depth_mm"] = float(np.median(inside)) if inside.size else float("nan")
         rows.append(row)
     return pd.DataFrame(rows, columns=columns)
 
@@ -109,15 +130,18 @@ def real_check(image: str | os.PathLike[str], bundle_dir: str | os.PathLike[str]
     labels = np.rint(load_nifti(row["labels"]).array).astype(np.int16)
     voxel_mm3 = float(abs(np.linalg.det(vol.affine[:3, :3])))
     vessels = labels > 0
-    heart = None if organ_map is None else organ_map == HEART
+    heart = depth = None
+    in_heart = deep_in_heart = None
     if organ_map is not None:
+        heart = organ_map == HEART
+        depth = heart_depth(heart, np.sqrt((vol.affine[:3, :3] ** 2).sum(0)))
         lung = np.isin(organ_map, LUNGS)
         reference, reference_name = float(vol.array[lung].mean()), "lung mean"
         in_heart = float((vessels & heart).sum() / max(int(vessels.sum()), 1))
+        deep_in_heart = float((vessels & (depth > DEEP_MM)).sum() / max(int(vessels.sum()), 1))
     else:
         reference, reference_name = float(np.percentile(vol.array, 99)), "image 99th percentile"
-        in_heart = None
-    table = vessel_table(vol.array, labels, voxel_mm3, reference, heart)
+    table = vessel_table(vol.array, labels, voxel_mm3, reference, heart, depth)
     all_vessels = float(vol.array[vessels].mean() / reference) if vessels.any() else float("nan")
     result = {
         "image": str(image_path), "bundle": str(Path(bundle_dir).resolve()), "organs": str(organs or ""),
@@ -125,7 +149,7 @@ def real_check(image: str | os.PathLike[str], bundle_dir: str | os.PathLike[str]
         "topology_correct": bool(row["topology_correct"]), "topology_reasons": row["topology_reasons"],
         **arch_connectivity(labels), "vessel_volume_mm3": float(vessels.sum() * voxel_mm3),
         "vessel_intensity_rel": all_vessels, "intensity_reference": reference_name,
-        "vessel_fraction_in_heart": in_heart,
+        "vessel_fraction_in_heart": in_heart, "vessel_fraction_deep_in_heart": deep_in_heart,
         **_alignment(row),
     }
     with atomic_path(out / "realcheck_vessels.csv") as tmp:
@@ -150,7 +174,8 @@ def summary(result: dict[str, Any], vessels: pd.DataFrame) -> str:
              f"AO ∪ DAO: {result['arch_pieces']} piece(s), {result['arch_loops']} loop(s); vessels "
              f"{result['vessel_volume_mm3']:.0f} mm³, mean intensity {result['vessel_intensity_rel']:.2f} of the "
              f"{result['intensity_reference']}"
-             + ("" if heart is None else f"; {100 * heart:.1f} % of vessel voxels inside the heart label"),
+             + ("" if heart is None else f"; {100 * heart:.1f} % of vessel voxels inside the heart label, "
+                f"{100 * result['vessel_fraction_deep_in_heart']:.1f} % deeper than {DEEP_MM:g} mm"),
              alignment_line(result), "", vessels.to_markdown(index=False, floatfmt=".3g")]
     return "\n".join(lines) + "\n"
 

@@ -16,7 +16,7 @@ from fetalcmr.bundle import export_bundle
 from fetalcmr.config import get_profile
 from fetalcmr.io import DataError
 from fetalcmr.joint import build_joint
-from fetalcmr.realcheck import arch_connectivity, main, real_check, vessel_table
+from fetalcmr.realcheck import arch_connectivity, heart_depth, main, real_check, vessel_table
 from fetalcmr.synth import generate_subject
 from fetalcmr.synth.thorax import Tissue
 
@@ -113,6 +113,13 @@ def test_vessel_table_and_arch_connectivity_on_known_maps() -> None:
     heart[2:6] = True  # the half of the AO ring with x < 6, none of the DAO voxel
     t = vessel_table(image, labels, voxel_mm3=0.5, reference=100.0, heart=heart).set_index("label")
     assert t.loc["AO", "in_heart"] == pytest.approx(24 / 48) and t.loc["DAO", "in_heart"] == 0.0
+    # with 1.5 mm voxels the heart slab x 2..5 is 1.5, 3, 3, 1.5 mm deep; the ring has 8, 8, 4, 4 voxels
+    # at x = 2, 3, 4, 5: 12 of them deeper than 2 mm, median depth (1.5 + 3) / 2 mm
+    depth = heart_depth(heart, np.array([1.5, 1.0, 1.0]))
+    assert depth[2, 5, 5] == 1.5 and depth[3, 5, 5] == 3.0 and depth[6, 5, 5] == 0.0
+    t = vessel_table(image, labels, voxel_mm3=0.5, reference=100.0, heart=heart, depth=depth).set_index("label")
+    assert t.loc["AO", "deep_in_heart"] == pytest.approx(12 / 48) and t.loc["DAO", "deep_in_heart"] == 0.0
+    assert t.loc["AO", "heart_depth_mm"] == pytest.approx(2.25) and np.isnan(t.loc["DAO", "heart_depth_mm"])
 
 
 def test_organ_labels_on_another_grid_are_refused(bundle: Path, embedded: tuple[Path, Path], tmp_path: Path,
