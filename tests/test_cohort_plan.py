@@ -60,7 +60,7 @@ def test_fraction_split_when_no_separate_test_set() -> None:
 
 
 def test_generation_is_independent_of_the_worker_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    cfg = CohortConfig(n_subjects=6, grid=48, spacing_mm=52 / 48, class_fractions=(0.34, 0.33, 0.33),
+    cfg = CohortConfig(n_subjects=6, grid=32, spacing_mm=52 / 32, class_fractions=(0.34, 0.33, 0.33),
                        split_fractions=(0.5, 0.17, 0.33))
     monkeypatch.setenv("FETALCMR_THREADS", "1")
     one = read_dataset(generate_cohort(tmp_path / "one", cfg, seed=0, progress=False))
@@ -76,7 +76,7 @@ def test_generation_is_independent_of_the_worker_count(tmp_path: Path, monkeypat
 def test_randomisation_reaches_only_the_chosen_share_of_training_subjects(tmp_path: Path) -> None:
     """Validation and test subjects keep the measured appearance; half the training subjects of each
     class are randomised, and the same subject is identical to its plain twin but for appearance."""
-    cfg = CohortConfig(n_subjects=8, grid=48, spacing_mm=52 / 48, class_fractions=(0.5, 0.25, 0.25),
+    cfg = CohortConfig(n_subjects=8, grid=32, spacing_mm=52 / 32, class_fractions=(0.5, 0.25, 0.25),
                        split_fractions=(0.75, 0.25, 0.0), n_test=3, domain_randomisation=0.5)
     mixed = read_dataset(generate_cohort(tmp_path / "mixed", cfg, seed=1, progress=False))
     plain = read_dataset(generate_cohort(tmp_path / "plain", dataclasses.replace(cfg, domain_randomisation=0.0),
