@@ -9,9 +9,9 @@ and an overlay figure. With organ labels (``--organs``: 1 heart, 2 and 3 the lun
 public SVRTK thorax atlas), intensities are given relative to the lungs' mean (black-blood
 vessel lumen is dark: near 0) and the share of predicted vessel voxels inside the heart is
 reported, overall and per vessel (blood pool labelled as vessel, and as which vessel), with how
-deep inside the heart label those voxels lie: at its surface (≤ 2 mm, where a vessel's root meets the
-heart and the organ label's border is a matter of convention and partial volume) or deep in the
-blood pool (a chamber read as vessel). Without
+deep inside the heart label those voxels lie: near its surface (≤ 2 mm, where vessels meet the
+heart and the label's border, partial volume and the labelling convention all matter) or deep in
+the blood pool (a chamber read as vessel). Without
 them, intensities are relative to the image's 99th percentile and the heart share is not known.
 
 With organ labels that include the superior mediastinum (4, as in the SVRTK atlas),
